@@ -1,0 +1,66 @@
+//! The blob reader seam: everything above the registry reads layer bytes
+//! through this trait, so the index, the tree and the tests never see HTTP.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+/// Random access to one blob (a compressed layer, a config, ...).
+///
+/// Errors are `io::Error` so that every implementation (HTTP, local file,
+/// cache) maps to an errno at the FUSE edge the same way; implementations
+/// wrap their own `thiserror` errors with `io::Error::other`.
+pub trait BlobReader: Send + Sync {
+    /// Total size of the blob in bytes.
+    fn size(&self) -> u64;
+
+    /// Reads up to `len` bytes at `offset`. Returns fewer bytes only at the
+    /// end of the blob, and an empty vector at or past the end.
+    fn read_at(&self, offset: u64, len: u64) -> io::Result<Vec<u8>>;
+}
+
+/// A blob held in a local file.
+pub struct FileBlob {
+    file: File,
+    size: u64,
+}
+
+impl FileBlob {
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let file = File::open(path)?;
+        let size = file.metadata()?.len();
+        Ok(Self { file, size })
+    }
+}
+
+impl BlobReader for FileBlob {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        let len = clamp_len(self.size, offset, len);
+        let mut buf = vec![0u8; len];
+        self.file.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
+    }
+}
+
+/// A blob held in memory (tests, small configs).
+impl BlobReader for Vec<u8> {
+    fn size(&self) -> u64 {
+        self.len() as u64
+    }
+
+    fn read_at(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        let len = clamp_len(self.len() as u64, offset, len);
+        let start = offset.min(self.len() as u64) as usize;
+        Ok(self[start..start + len].to_vec())
+    }
+}
+
+/// The number of bytes a read of `len` at `offset` may return from a blob of `size`.
+pub fn clamp_len(size: u64, offset: u64, len: u64) -> usize {
+    size.saturating_sub(offset).min(len) as usize
+}

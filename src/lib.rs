@@ -1,0 +1,10 @@
+//! lazypull: mount an OCI image straight out of a registry.
+//!
+//! Data flows one way: `reference` → `registry` → `layer` → `tree` (→ `fs`).
+//! `blob` is the seam between the registry and everything above it.
+
+pub mod blob;
+pub mod cli;
+pub mod digest;
+pub mod reference;
+pub mod registry;

@@ -1,0 +1,1 @@
+//! OCI distribution client: manifests, configs and blobs from a registry.
