@@ -163,10 +163,10 @@ fn check_registry(host: &str) -> Result<(), String> {
         Some((n, p)) if !n.ends_with(']') || host.starts_with('[') => (n, Some(p)),
         _ => (host, None),
     };
-    if let Some(port) = port {
-        if port.parse::<u16>().is_err() {
-            return Err(format!("registry port {port:?} is not a number"));
-        }
+    if let Some(port) = port
+        && port.parse::<u16>().is_err()
+    {
+        return Err(format!("registry port {port:?} is not a number"));
     }
     let ipv6 = name.starts_with('[') && name.ends_with(']');
     let ok = !name.is_empty()
