@@ -46,7 +46,8 @@ pub enum Fault {
     Status(u16, Option<u32>),
     /// Answer 307 to the storage server, like a registry handing a blob to object storage.
     RedirectToStorage,
-    /// Answer 401 with the upstream's WWW-Authenticate challenge, as for an expired token.
+    /// Answer 401 with the challenge the upstream gives the same request without credentials,
+    /// as for an expired token (no WWW-Authenticate if the upstream asks for none).
     Unauthorized,
     /// Relay the whole answer, but the body at this rate.
     Drip { bytes_per_sec: u64 },
@@ -246,7 +247,8 @@ impl FaultProxy {
     }
 
     /// Requests the registry side has answered, oldest first. Waits (up to 5 s) for requests
-    /// still being answered, so an answer the client has just read is in the log.
+    /// still being answered, so an answer the client has just read is in the log; an answer
+    /// still dripping or stalled after that shows the bytes sent so far.
     pub fn log(&self) -> Vec<LogEntry> {
         self.wait_idle();
         lock(&self.shared.registry_log).clone()
