@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a fresh Debian 12 machine (run as root, no stdin needed),
+# then checks formatting and lints and runs every test. Safe to rerun: installing is skipped
+# when everything is already there.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# Tools the integration tests drive: a real registry (docker-registry, Distribution 2.8) with
+# htpasswd auth (apache2-utils) and TLS (openssl), image builders and the reference unpacker
+# (skopeo, umoci), FUSE, a container runtime with a static busybox to run in it. gcc and
+# libc6-dev link Rust binaries and build zstd's bundled C sources.
+packages=(
+    docker-registry skopeo umoci fuse3 apache2-utils openssl runc busybox-static jq curl
+    ca-certificates gcc libc6-dev
+)
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+missing=()
+for p in "${packages[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+        missing+=("$p")
+    fi
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "installing: ${missing[*]}"
+    as_root apt-get update
+    as_root env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y --no-install-recommends "${missing[@]}" </dev/null
+fi
+
+# The package starts a registry service on :5000. Tests start registries of their own on free
+# ports, so it is only in the way: stop it and keep it from starting at boot.
+if [ -d /run/systemd/system ]; then
+    as_root systemctl disable --now docker-registry.service >/dev/null 2>&1 || true
+elif [ -x /etc/init.d/docker-registry ]; then
+    as_root /etc/init.d/docker-registry stop >/dev/null 2>&1 || true
+fi
+
+# Note: skopeo keeps a blob cache in /var/lib/containers/cache and silently reuses blobs it has
+# seen before, across repositories and compression formats. The tests never rely on what a
+# registry already holds: each starts its own registry with fresh storage.
+
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v cargo >/dev/null; then
+    echo "cargo not found: installing Rust with rustup"
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs |
+        sh -s -- -y --profile minimal --default-toolchain 1.95 -c rustfmt -c clippy </dev/null
+fi
+
+cargo fmt --all --check
+cargo clippy --all-targets -- -D warnings
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --no-fail-fast
+    # nextest does not run doc tests.
+    cargo test --doc
+else
+    cargo test --no-fail-fast
+fi
