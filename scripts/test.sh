@@ -46,9 +46,8 @@ fi
 
 export PATH="$HOME/.cargo/bin:$PATH"
 if ! command -v cargo >/dev/null; then
-    echo "cargo not found: installing Rust with rustup"
-    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs |
-        sh -s -- -y --profile minimal --default-toolchain 1.95 -c rustfmt -c clippy </dev/null
+    echo "cargo not found: install the Rust toolchain (rustup, Rust 1.95 with rustfmt and clippy) first" >&2
+    exit 1
 fi
 
 cargo fmt --all --check
