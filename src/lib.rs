@@ -4,6 +4,7 @@
 //! `blob` is the seam between the registry and everything above it.
 
 pub mod blob;
+pub mod cache;
 pub mod cli;
 pub mod digest;
 pub mod reference;

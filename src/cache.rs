@@ -1,0 +1,130 @@
+//! The cache directory: persisted layer indexes and verified blobs, keyed by
+//! layer digest so layers shared between images are fetched and indexed once.
+//!
+//! Layout: `index/sha256/<hex>` (layer indexes), `blobs/sha256/<hex>`
+//! (verified compressed layers), `tmp/` (files being written; renamed into
+//! place only when complete, so a crash never leaves a partial file under a
+//! final name).
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use tempfile::NamedTempFile;
+
+use crate::digest::Digest;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cache directory {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("no cache directory: set --cache-dir, LAZYPULL_CACHE, XDG_CACHE_HOME or HOME")]
+    NoHome,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
+    move |source| CacheError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+pub struct CacheDir {
+    root: PathBuf,
+}
+
+impl CacheDir {
+    /// `--cache-dir`, else `$LAZYPULL_CACHE`, else `/var/lib/lazypull` for
+    /// root and `$XDG_CACHE_HOME/lazypull` (or `~/.cache/lazypull`) otherwise.
+    pub fn default_root(flag: Option<&Path>) -> Result<PathBuf, CacheError> {
+        if let Some(dir) = flag {
+            return Ok(dir.to_path_buf());
+        }
+        if let Some(dir) = std::env::var_os("LAZYPULL_CACHE").filter(|d| !d.is_empty()) {
+            return Ok(PathBuf::from(dir));
+        }
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            return Ok(PathBuf::from("/var/lib/lazypull"));
+        }
+        if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+            return Ok(PathBuf::from(dir).join("lazypull"));
+        }
+        std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(".cache/lazypull"))
+            .ok_or(CacheError::NoHome)
+    }
+
+    /// Opens (creating if needed) the cache at `root`.
+    pub fn open(root: &Path) -> Result<Self, CacheError> {
+        for sub in ["index/sha256", "blobs/sha256", "tmp"] {
+            let dir = root.join(sub);
+            fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn index_path(&self, layer: &Digest) -> PathBuf {
+        self.root.join("index/sha256").join(layer.hex())
+    }
+
+    pub fn blob_path(&self, layer: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(layer.hex())
+    }
+
+    /// A new file in `tmp/`, to be filled and then [`CacheDir::commit`]ted.
+    pub fn temp_file(&self) -> Result<NamedTempFile, CacheError> {
+        let dir = self.root.join("tmp");
+        NamedTempFile::new_in(&dir).map_err(io_err(&dir))
+    }
+
+    /// Makes a fully written temp file durable and moves it to `dest`.
+    pub fn commit(&self, file: NamedTempFile, dest: &Path) -> Result<(), CacheError> {
+        file.as_file().sync_all().map_err(io_err(dest))?;
+        file.persist(dest).map_err(|e| CacheError::Io {
+            path: dest.to_path_buf(),
+            source: e.error,
+        })?;
+        // The rename is durable only once the directory is synced.
+        if let Some(parent) = dest.parent() {
+            File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(parent))?;
+        }
+        Ok(())
+    }
+
+    /// Writes `bytes` to `dest` atomically.
+    pub fn write_atomic(&self, dest: &Path, bytes: &[u8]) -> Result<(), CacheError> {
+        let mut file = self.temp_file()?;
+        file.write_all(bytes).map_err(io_err(dest))?;
+        self.commit(file, dest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_leaves_no_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CacheDir::open(dir.path()).unwrap();
+        let d = Digest::of(b"x");
+        cache.write_atomic(&cache.index_path(&d), b"hello").unwrap();
+        assert_eq!(fs::read(cache.index_path(&d)).unwrap(), b"hello");
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn flag_wins_over_environment() {
+        let p = CacheDir::default_root(Some(Path::new("/x/y"))).unwrap();
+        assert_eq!(p, PathBuf::from("/x/y"));
+    }
+}
