@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The main job on a built-in demo: start a local registry, build and push a small busybox
+# image to it, then look inside it with lazypull, without pulling it.
+# Runs on a fresh Debian 12 machine as root; installs what it needs.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+packages=(docker-registry skopeo umoci busybox-static gcc libc6-dev ca-certificates)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    apt-get update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" </dev/null
+fi
+export PATH="$HOME/.cargo/bin:$PATH"
+
+echo "== building lazypull"
+cargo build --release --quiet
+lazypull="$PWD/target/release/lazypull"
+
+work=$(mktemp -d /tmp/lazypull-demo.XXXXXX)
+registry_pid=""
+cleanup() {
+    [ -n "$registry_pid" ] && kill "$registry_pid" 2>/dev/null && wait "$registry_pid" 2>/dev/null
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "== starting a local registry (docker-registry, storage in $work/registry)"
+cat >"$work/registry.yml" <<YML
+version: 0.1
+storage:
+  filesystem:
+    rootdirectory: $work/registry
+http:
+  addr: 127.0.0.1:0
+log:
+  level: info
+YML
+docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
+registry_pid=$!
+for _ in $(seq 100); do
+    grep -q 'listening on' "$work/registry.log" && break
+    sleep 0.1
+done
+addr=$(grep -o 'listening on [0-9.]*:[0-9]*' "$work/registry.log" | head -1 | awk '{print $3}')
+[ -n "$addr" ] || { cat "$work/registry.log"; echo "registry did not start" >&2; exit 1; }
+echo "registry at $addr"
+
+echo "== building the demo image (busybox, two layers) with umoci"
+umoci init --layout "$work/layout"
+umoci new --image "$work/layout:demo"
+umoci unpack --image "$work/layout:demo" "$work/bundle" >/dev/null
+mkdir -p "$work/bundle/rootfs/bin"
+cp /bin/busybox "$work/bundle/rootfs/bin/busybox"
+for applet in sh ls cat echo uname wc; do ln -s busybox "$work/bundle/rootfs/bin/$applet"; done
+umoci repack --image "$work/layout:demo" "$work/bundle"
+umoci unpack --image "$work/layout:demo" "$work/bundle2" >/dev/null
+mkdir -p "$work/bundle2/rootfs/etc"
+echo "hello from a lazily mounted image" >"$work/bundle2/rootfs/etc/motd"
+umoci repack --image "$work/layout:demo" "$work/bundle2"
+umoci config --image "$work/layout:demo" --config.cmd /bin/sh --config.env DEMO=1
+skopeo copy --quiet --dest-tls-verify=false "oci:$work/layout:demo" "docker://$addr/demo/busybox:1.0"
+
+echo "== lazypull inspect $addr/demo/busybox:1.0"
+"$lazypull" inspect "$addr/demo/busybox:1.0"
+
+if "$lazypull" ls --help >/dev/null 2>&1; then
+    echo "== lazypull ls -R $addr/demo/busybox:1.0 (the merged tree, from the layer index)"
+    "$lazypull" ls -R --cache-dir "$work/cache" "$addr/demo/busybox:1.0"
+fi
+echo "== done"
