@@ -490,3 +490,41 @@ fn tar_builder_writes_every_entry_kind_and_hostile_names() {
     );
     assert!(seen[2].1.is_hard_link() && seen[3].1.is_symlink() && seen[6].1.is_character_special());
 }
+
+#[test]
+fn schema1_needs_the_compatibility_switch() {
+    let tars = vec![
+        TarBuilder::new().file("a", "a", 0o644).build(),
+        TarBuilder::new().file("b", "b", 0o644).build(),
+    ];
+    let plain = TestRegistry::start(Variant::Plain);
+    let layers: Vec<Digest> = tars
+        .iter()
+        .map(|t| image::push_blob(&plain, "test/s1", &Compression::Gzip.compress(t)))
+        .collect();
+    let signed = image::schema1_manifest("test/s1", "v1", &layers);
+    let (status, _) = image::put_manifest(
+        &plain,
+        "test/s1",
+        "v1",
+        image::DOCKER_SCHEMA1_SIGNED,
+        &signed,
+    );
+    assert_ne!(status, 201, "Distribution 2.8 refuses schema 1 by default");
+
+    let reg = TestRegistry::start_schema1(Variant::Plain);
+    let pushed = image::push_schema1(&reg, "test/s1", "v1", &tars);
+    let (status, digest, body) = get(&reg, "/v2/test/s1/manifests/v1", None);
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(digest, Some(pushed.digest.to_string()));
+    let manifest: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(manifest["schemaVersion"], 1);
+    assert_eq!(
+        manifest["fsLayers"][0]["blobSum"],
+        pushed.layers[1].to_string()
+    );
+    assert_eq!(
+        manifest["fsLayers"][1]["blobSum"],
+        pushed.layers[0].to_string()
+    );
+}

@@ -370,3 +370,113 @@ pub fn push_index(
         manifests,
     }
 }
+
+pub const DOCKER_SCHEMA1_SIGNED: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
+
+/// A signed schema 1 manifest as pushed.
+#[derive(Clone, Debug)]
+pub struct PushedSchema1 {
+    /// The registry's `Docker-Content-Digest` (over the payload without signatures).
+    pub digest: Digest,
+    /// The signed body as pushed.
+    pub manifest: Vec<u8>,
+    /// gzip layer blobs, bottom first.
+    pub layers: Vec<Digest>,
+}
+
+/// A libtrust-signed schema 1 manifest naming `layers` (blob digests, bottom first).
+pub fn schema1_manifest(repo: &str, tag: &str, layers: &[Digest]) -> Vec<u8> {
+    // Schema 1 lists layers top first, each with a v1 image JSON chained by `parent`.
+    let ids: Vec<String> = layers
+        .iter()
+        .map(|d| Digest::of(d.to_string().as_bytes()).hex().to_string())
+        .collect();
+    let history: Vec<Value> = (0..layers.len())
+        .rev()
+        .map(|i| {
+            let mut v1 = json!({ "id": ids[i], "architecture": host_arch(), "os": "linux" });
+            if i > 0 {
+                v1["parent"] = json!(ids[i - 1]);
+            }
+            json!({ "v1Compatibility": v1.to_string() })
+        })
+        .collect();
+    let fs_layers: Vec<Value> = layers
+        .iter()
+        .rev()
+        .map(|d| json!({ "blobSum": d.to_string() }))
+        .collect();
+    let payload = json!({
+        "schemaVersion": 1, "name": repo, "tag": tag, "architecture": host_arch(),
+        "fsLayers": fs_layers, "history": history,
+    });
+    sign_schema1(&serde_json::to_vec_pretty(&payload).unwrap())
+}
+
+/// Pushes gzip layers of the `tars` (bottom first) and a signed schema 1 manifest for
+/// them as `repo:tag`. Needs [`TestRegistry::start_schema1`].
+pub fn push_schema1(reg: &TestRegistry, repo: &str, tag: &str, tars: &[Vec<u8>]) -> PushedSchema1 {
+    let layers: Vec<Digest> = tars
+        .iter()
+        .map(|tar| push_blob(reg, repo, &Compression::Gzip.compress(tar)))
+        .collect();
+    let manifest = schema1_manifest(repo, tag, &layers);
+    let url = format!("{}/v2/{repo}/manifests/{tag}", reg.base_url());
+    let resp = authorized(reg, repo, reg.client().put(url))
+        .header(CONTENT_TYPE, DOCKER_SCHEMA1_SIGNED)
+        .body(manifest.clone())
+        .send()
+        .unwrap();
+    let status = resp.status();
+    let digest = resp
+        .headers()
+        .get("docker-content-digest")
+        .map(|v| v.to_str().unwrap().parse().unwrap());
+    assert_eq!(
+        status,
+        201,
+        "pushing schema 1 {repo}:{tag}: {}",
+        resp.text().unwrap_or_default()
+    );
+    PushedSchema1 {
+        digest: digest.expect("no Docker-Content-Digest"),
+        manifest,
+        layers,
+    }
+}
+
+/// libtrust's "pretty" JWS: the payload with a `signatures` member spliced in before
+/// its closing brace; the protected header says how to cut it out again.
+fn sign_schema1(payload: &[u8]) -> Vec<u8> {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+
+    let close = payload.iter().rposition(|b| *b == b'}').unwrap();
+    let format_length = payload[..close]
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .unwrap()
+        + 1;
+    let tail = &payload[format_length..];
+    let protected = B64.encode(
+        json!({ "formatLength": format_length, "formatTail": B64.encode(tail), "time": "2024-01-01T00:00:00Z" })
+            .to_string(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let key = super::pki::genkey(dir.path(), "schema1", super::pki::KeyKind::Rsa);
+    let signature = super::pki::sign_rs256(
+        &key,
+        format!("{protected}.{}", B64.encode(payload)).as_bytes(),
+    );
+    let jwk = json!({ "kty": "RSA", "n": B64.encode(super::pki::rsa_modulus(&key)), "e": "AQAB" });
+    let signatures = json!([{
+        "header": { "jwk": jwk, "alg": "RS256" },
+        "signature": B64.encode(signature),
+        "protected": protected,
+    }]);
+    let mut out = payload[..format_length].to_vec();
+    out.extend_from_slice(b",\n  \"signatures\": ");
+    out.extend_from_slice(signatures.to_string().as_bytes());
+    out.extend_from_slice(tail);
+    out
+}

@@ -30,7 +30,8 @@ pub enum KeyKind {
     Rsa,
 }
 
-fn genkey(dir: &Path, name: &str, kind: KeyKind) -> PathBuf {
+/// Generates `<dir>/<name>.key` (PEM).
+pub fn genkey(dir: &Path, name: &str, kind: KeyKind) -> PathBuf {
     let key = format!("{name}.key");
     match kind {
         KeyKind::Ec => openssl(
@@ -172,6 +173,22 @@ pub fn cert_der(pem: &Path) -> Vec<u8> {
         String::from_utf8_lossy(&out.stderr)
     );
     out.stdout
+}
+
+/// The modulus of an RSA key (big-endian bytes); its exponent is openssl's 65537.
+pub fn rsa_modulus(key: &Path) -> Vec<u8> {
+    let out = Command::new("openssl")
+        .args(["rsa", "-in", path_str(key), "-noout", "-modulus"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot run openssl");
+    assert!(
+        out.status.success(),
+        "openssl rsa failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    hex::decode(text.trim().trim_start_matches("Modulus=")).unwrap()
 }
 
 /// RSASSA-PKCS1-v1_5 with SHA-256 (JWS `RS256`) of `data` under the PEM key `key`.

@@ -37,6 +37,7 @@ pub enum Variant {
 pub struct TestRegistry {
     dir: TempDir,
     variant: Variant,
+    schema1: bool,
     port: u16,
     child: Option<Child>,
     log: Arc<Mutex<String>>,
@@ -48,6 +49,16 @@ pub struct TestRegistry {
 impl TestRegistry {
     /// Starts a registry of `variant` on a fresh storage directory.
     pub fn start(variant: Variant) -> TestRegistry {
+        Self::start_inner(variant, false)
+    }
+
+    /// Like [`Self::start`], with `compatibility.schema1.enabled`: Distribution 2.8
+    /// refuses signed schema 1 manifest pushes without it.
+    pub fn start_schema1(variant: Variant) -> TestRegistry {
+        Self::start_inner(variant, true)
+    }
+
+    fn start_inner(variant: Variant, schema1: bool) -> TestRegistry {
         let dir = tempfile::Builder::new()
             .prefix("lazypull-registry-")
             .tempdir()
@@ -89,6 +100,7 @@ impl TestRegistry {
         let mut registry = TestRegistry {
             dir,
             variant,
+            schema1,
             port: 0,
             child: None,
             log: Arc::new(Mutex::new(String::new())),
@@ -132,6 +144,9 @@ impl TestRegistry {
                     t.root_bundle().display()
                 ));
             }
+        }
+        if self.schema1 {
+            cfg.push_str("compatibility:\n  schema1:\n    enabled: true\n");
         }
         let path = root.join("config.yml");
         fs::write(&path, cfg).unwrap();
