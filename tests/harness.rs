@@ -166,6 +166,13 @@ fn plain_registry_serves_pushed_image_and_ranges() {
     assert_eq!(resp.status(), StatusCode::PARTIAL_CONTENT);
     let on_disk = std::fs::read(reg.blob_path(&layer.digest)).unwrap();
     assert_eq!(resp.bytes().unwrap().as_ref(), &on_disk[10..20]);
+    let blob_gets = format!("\"GET /v2/test/plain/blobs/{} HTTP/1.1\" 206", layer.digest);
+    assert_eq!(
+        reg.requests_matching(&blob_gets),
+        1,
+        "{:?}",
+        reg.access_log()
+    );
 }
 
 #[test]
@@ -250,6 +257,14 @@ fn htpasswd_registry_requires_basic_credentials() {
         StatusCode::UNAUTHORIZED
     );
     let right = format!("Basic {}", STANDARD.encode("alice:s3cret"));
+    let docker = tempfile::tempdir().unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(reg.write_docker_config(docker.path())).unwrap())
+            .unwrap();
+    assert_eq!(
+        config["auths"][reg.host()]["auth"],
+        STANDARD.encode("alice:s3cret")
+    );
     assert_served(&reg, "test/basic", "v1", &pushed, Some(&right));
 }
 
@@ -307,6 +322,7 @@ fn token_server_can_require_basic_credentials() {
         Err(StatusCode::UNAUTHORIZED)
     );
     let token = fetch_token(&reg, "test/private", Some(("bob", "pw"))).unwrap();
+    assert_eq!(reg.credentials(), Some(("bob", "pw")));
     let server = reg.token_server().unwrap();
     assert_eq!(server.tokens_issued(), 1);
     assert_eq!(server.requests().iter().filter(|r| !r.granted).count(), 2);

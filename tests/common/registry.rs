@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -19,6 +19,15 @@ use super::token::{self, TokenOptions, TokenServer};
 
 const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Quiet time after which the access log is taken as complete.
+pub const ACCESS_LOG_SETTLE: Duration = Duration::from_millis(300);
+
+struct AccessLog {
+    lines: Vec<String>,
+    /// When the last line arrived.
+    last: Instant,
+}
 
 /// How the registry is reached and who it lets in.
 #[derive(Clone, Debug)]
@@ -41,6 +50,7 @@ pub struct TestRegistry {
     port: u16,
     child: Option<Child>,
     log: Arc<Mutex<String>>,
+    access_log: Arc<Mutex<AccessLog>>,
     ca: Option<PathBuf>,
     token: Option<TokenServer>,
     client: reqwest::blocking::Client,
@@ -104,6 +114,10 @@ impl TestRegistry {
             port: 0,
             child: None,
             log: Arc::new(Mutex::new(String::new())),
+            access_log: Arc::new(Mutex::new(AccessLog {
+                lines: Vec::new(),
+                last: Instant::now(),
+            })),
             ca,
             token,
             client: client.build().unwrap(),
@@ -160,10 +174,20 @@ impl TestRegistry {
             .arg("serve")
             .arg(&config)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {REGISTRY_BIN}: {e}"));
+        let stdout = child.stdout.take().unwrap();
+        let access_log = Arc::clone(&self.access_log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let mut log = access_log.lock().unwrap();
+                log.lines.push(line);
+                log.last = Instant::now();
+            }
+        });
         let stderr = child.stderr.take().unwrap();
         let log = Arc::clone(&self.log);
         let (tx, rx) = mpsc::channel();
@@ -288,12 +312,31 @@ impl TestRegistry {
         self.token.as_ref()
     }
 
-    /// Basic credentials of [`Variant::Htpasswd`].
+    /// The credentials a client needs: the htpasswd user, or the Basic credentials
+    /// the token endpoint requires.
     pub fn credentials(&self) -> Option<(&str, &str)> {
         match &self.variant {
             Variant::Htpasswd { user, password } => Some((user, password)),
+            Variant::Token(TokenOptions {
+                basic: Some((user, password)),
+                ..
+            }) => Some((user, password)),
             _ => None,
         }
+    }
+
+    /// Writes `<dir>/config.json` in Docker's format with [`Self::credentials`] for
+    /// [`Self::host`] (point `DOCKER_CONFIG` at `dir`). Returns the file's path.
+    pub fn write_docker_config(&self, dir: &Path) -> PathBuf {
+        let (user, password) = self
+            .credentials()
+            .expect("this registry variant takes no credentials");
+        let auth = STANDARD.encode(format!("{user}:{password}"));
+        let config = serde_json::json!({ "auths": { self.host(): { "auth": auth } } });
+        fs::create_dir_all(dir).unwrap();
+        let path = dir.join("config.json");
+        fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+        path
     }
 
     /// An HTTP client that trusts the registry's CA (if any); no credentials attached.
@@ -314,6 +357,31 @@ impl TestRegistry {
             )),
             Variant::Plain | Variant::Tls => None,
         }
+    }
+
+    /// The access log (stdout), one line per request answered, across restarts:
+    /// `127.0.0.1 - - [date] "GET /v2/… HTTP/1.1" 206 …`. The registry writes a line just
+    /// after its response, so this first waits [`ACCESS_LOG_SETTLE`], then until no line
+    /// has come for as long (at most 5 s in all).
+    pub fn access_log(&self) -> Vec<String> {
+        let give_up = Instant::now() + Duration::from_secs(5);
+        std::thread::sleep(ACCESS_LOG_SETTLE);
+        loop {
+            let log = self.access_log.lock().unwrap();
+            if log.last.elapsed() >= ACCESS_LOG_SETTLE || Instant::now() >= give_up {
+                return log.lines.clone();
+            }
+            drop(log);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Requests whose request line contains `needle` (e.g. `"GET /v2/x/blobs/"`).
+    pub fn requests_matching(&self, needle: &str) -> usize {
+        self.access_log()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
     }
 
     /// Everything the process has written to stderr (across restarts).
