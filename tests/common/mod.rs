@@ -1,0 +1,13 @@
+//! Integration-test harness: real `docker-registry` processes (plain, TLS, htpasswd,
+//! token auth), an in-process token server, and images built in memory and pushed
+//! through the registry API.
+//!
+//! Every test binary compiles this module and uses a different part of it.
+#![allow(dead_code)]
+
+pub mod image;
+pub mod pki;
+pub mod registry;
+pub mod tarball;
+pub mod token;
+pub mod proxy;
