@@ -244,8 +244,11 @@ pub fn read_entries<R: Read>(reader: &mut R) -> Result<Vec<TarEntry>, TarError> 
 struct Extensions {
     name: Option<Vec<u8>>,
     link: Option<Vec<u8>>,
-    pax: Vec<(Vec<u8>, Vec<u8>)>,
+    pax: PaxRecords,
 }
+
+/// (key, value) in the order written.
+type PaxRecords = Vec<(Vec<u8>, Vec<u8>)>;
 
 impl Extensions {
     /// Walks the extension headers the crate read between `start` and the entry's header.
@@ -338,7 +341,7 @@ fn until_nul(data: &[u8]) -> &[u8] {
 }
 
 /// PAX records: `<len> <key>=<value>\n`, where `len` counts the whole record.
-fn parse_pax(mut data: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+fn parse_pax(mut data: &[u8]) -> Result<PaxRecords, String> {
     let mut records = Vec::new();
     while !data.is_empty() {
         let bad = || "malformed PAX record".to_string();
