@@ -104,6 +104,8 @@ pub enum TarError {
     },
     #[error("tar stream: extension headers {where_} exceed {MAX_CAPTURE} bytes")]
     ExtensionTooLarge { where_: Where },
+    #[error("tar stream: bad extension header {where_}: {reason}")]
+    BadExtension { where_: Where, reason: String },
     #[error("tar entry `{entry}`: data cut short ({got} of {expected} bytes)")]
     Truncated {
         entry: String,
@@ -132,7 +134,7 @@ impl std::fmt::Display for Where {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.0 {
             Some(name) => write!(f, "after entry `{name}`"),
-            None => f.write_str("at its first header"),
+            None => f.write_str("before the first entry"),
         }
     }
 }
@@ -258,10 +260,8 @@ impl Extensions {
         header_pos: u64,
         last: &Option<Vec<u8>>,
     ) -> Result<Extensions, TarError> {
-        let broken = |reason: &str| TarError::Malformed {
-            entry: last
-                .as_deref()
-                .map_or_else(|| "(first)".to_string(), |n| format!("after {}", show(n))),
+        let broken = |reason: &str| TarError::BadExtension {
+            where_: Where(last.as_deref().map(show)),
             reason: reason.to_string(),
         };
         let mut ext = Extensions::default();

@@ -346,3 +346,16 @@ fn unknown_type_flags_are_refused() {
     let msg = refused(finish(out));
     assert!(msg.contains("`label`") && msg.contains("'V'"), "{msg}");
 }
+
+#[test]
+fn malformed_pax_records_are_refused() {
+    let mut out = Vec::new();
+    push(&mut out, &header(b"ok", b'0', 0), b"");
+    push(&mut out, &header(b"PaxHeader", b'x', 12), b"99 path=evil");
+    push(&mut out, &header(b"next", b'0', 0), b"");
+    let msg = refused(finish(out));
+    assert!(
+        msg.contains("after entry `ok`") && msg.contains("PAX"),
+        "{msg}"
+    );
+}
