@@ -106,6 +106,12 @@ pub enum TarError {
     ExtensionTooLarge { where_: Where },
     #[error("tar stream: bad extension header {where_}: {reason}")]
     BadExtension { where_: Where, reason: String },
+    #[error("tar entry `{entry}`: reading its data: {source}")]
+    Data {
+        entry: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("tar entry `{entry}`: data cut short ({got} of {expected} bytes)")]
     Truncated {
         entry: String,
@@ -222,11 +228,14 @@ pub fn read_entries<R: Read>(reader: &mut R) -> Result<Vec<TarEntry>, TarError> 
         let ext = Extensions::parse(&captured, resume, entry.raw_header_position(), &last)?;
         let parsed = convert(&entry, &ext)?;
         let size = entry.size();
-        let got = io::copy(&mut entry, &mut io::sink()).map_err(|e| stream_err(&last, e))?;
         let name = ext
             .name
             .clone()
             .unwrap_or_else(|| entry.header().path_bytes().into_owned());
+        let got = io::copy(&mut entry, &mut io::sink()).map_err(|source| TarError::Data {
+            entry: show(&name),
+            source,
+        })?;
         if got < size {
             return Err(TarError::Truncated {
                 entry: show(&name),

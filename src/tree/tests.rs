@@ -94,6 +94,16 @@ fn opaque_hides_lower_children_only() {
 }
 
 #[test]
+fn opaque_marker_under_a_replaced_symlink_is_harmless() {
+    let tree = build(&[
+        vec![symlink("d", "/elsewhere")],
+        vec![file("d/.wh..wh..opq", 0), dir("d", 0o755), file("d/x", 0)],
+    ])
+    .unwrap();
+    assert_eq!(paths(&tree), ["/", "/d", "/d/x"]);
+}
+
+#[test]
 fn dir_over_dir_takes_attributes_and_merges_children() {
     let mut upper = dir("d", 0o1777);
     upper.xattrs.insert("user.k".into(), b"v".to_vec());
