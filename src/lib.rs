@@ -7,5 +7,7 @@ pub mod blob;
 pub mod cache;
 pub mod cli;
 pub mod digest;
+pub mod layer;
 pub mod reference;
 pub mod registry;
+pub mod tree;
