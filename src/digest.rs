@@ -112,8 +112,8 @@ impl<R: Read> HashingReader<R> {
         self.count
     }
 
-    pub fn get_ref(&self) -> &R {
-        &self.inner
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
     }
 
     /// The digest of everything read, and the byte count.

@@ -1,6 +1,9 @@
 //! The command line: the only place that uses `anyhow`.
 
+mod index;
 mod inspect;
+mod layers;
+mod ls;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -30,6 +33,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Inspect(inspect::InspectArgs),
+    Ls(ls::LsArgs),
+    Index(index::IndexArgs),
 }
 
 /// How to reach the registry: shared by every command that does.
@@ -84,6 +89,8 @@ pub fn main() -> ExitCode {
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Inspect(args) => inspect::run(&args),
+        Command::Ls(args) => ls::run(&args),
+        Command::Index(args) => index::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -266,9 +266,34 @@ impl Tree {
     /// Every path (absolute, "/" for the root) with its node, parents before children, siblings
     /// in byte order of their names. A hardlinked node comes once per name.
     pub fn walk(&self) -> Walk<'_> {
+        self.walk_node(b"/".to_vec(), self.root())
+    }
+
+    /// The node at an absolute or relative `path` (symlinks are not followed).
+    pub fn resolve(&self, path: &[u8]) -> Option<&Node> {
+        path.split(|&b| b == b'/')
+            .filter(|c| !c.is_empty() && *c != b".")
+            .try_fold(self.root(), |node, name| self.lookup(node.ino, name))
+    }
+
+    /// Like [`Tree::walk`], for the subtree at `path`.
+    pub fn walk_from(&self, path: &[u8]) -> Option<Walk<'_>> {
+        let node = self.resolve(path)?;
+        let mut clean = Vec::new();
+        for c in path.split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".") {
+            clean.push(b'/');
+            clean.extend_from_slice(c);
+        }
+        if clean.is_empty() {
+            clean.push(b'/');
+        }
+        Some(self.walk_node(clean, node))
+    }
+
+    fn walk_node<'a>(&'a self, path: Vec<u8>, node: &'a Node) -> Walk<'a> {
         Walk {
             tree: self,
-            root_done: false,
+            start: Some((path, node)),
             stack: Vec::new(),
         }
     }
@@ -276,7 +301,8 @@ impl Tree {
 
 pub struct Walk<'a> {
     tree: &'a Tree,
-    root_done: bool,
+    /// The node the walk starts at, until it is handed out.
+    start: Option<(Vec<u8>, &'a Node)>,
     /// Open directories: their path, their children, and the next child to visit.
     stack: Vec<(Vec<u8>, &'a [DirEntry], usize)>,
 }
@@ -285,12 +311,11 @@ impl<'a> Iterator for Walk<'a> {
     type Item = (Vec<u8>, &'a Node);
 
     fn next(&mut self) -> Option<Self::Item> {
-        if !self.root_done {
-            self.root_done = true;
-            let root = self.tree.root();
+        if let Some((path, node)) = self.start.take() {
+            let prefix = if path == b"/" { Vec::new() } else { path.clone() };
             self.stack
-                .push((Vec::new(), root.children().unwrap_or_default(), 0));
-            return Some((b"/".to_vec(), root));
+                .push((prefix, node.children().unwrap_or_default(), 0));
+            return Some((path, node));
         }
         loop {
             let (dir, children, next) = self.stack.last_mut()?;

@@ -1,0 +1,124 @@
+//! The persisted index of one layer: its tar entries and seek points, keyed
+//! by layer digest and written only after a pass that verified the layer.
+//!
+//! File format: a magic line, a little-endian format version, the postcard
+//! encoding of [`LayerIndex`], and the sha256 of that encoding (so a torn or
+//! damaged file is detected, not trusted).
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use super::seek::SeekIndex;
+use super::tar::TarEntry;
+use crate::cache::{CacheDir, CacheError};
+use crate::digest::Digest;
+
+const MAGIC: &[u8; 15] = b"lazypull-index\n";
+/// Bump on any change to [`LayerIndex`] or what it contains.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexFileError {
+    #[error("index file {path} is not a lazypull layer index")]
+    NotAnIndex { path: String },
+    #[error("index file {path} has format version {found}, this lazypull reads {FORMAT_VERSION}")]
+    Version { path: String, found: u32 },
+    #[error("index file {path} is damaged: {detail}")]
+    Damaged { path: String, detail: String },
+    #[error("index file {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+}
+
+/// Everything known about a layer without its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerIndex {
+    /// Digest of the compressed blob (verified).
+    pub digest: Digest,
+    /// sha256 of the uncompressed tar (verified).
+    pub diff_id: Digest,
+    pub entries: Vec<TarEntry>,
+    pub seek: SeekIndex,
+}
+
+impl LayerIndex {
+    pub fn encode(&self) -> Result<Vec<u8>, IndexFileError> {
+        let body = postcard::to_stdvec(self).map_err(|e| IndexFileError::Damaged {
+            path: self.digest.to_string(),
+            detail: format!("cannot encode: {e}"),
+        })?;
+        let mut out = Vec::with_capacity(MAGIC.len() + 4 + body.len() + 32);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&Sha256::digest(&body));
+        Ok(out)
+    }
+
+    pub fn decode(bytes: &[u8], path: &Path) -> Result<Self, IndexFileError> {
+        let path = path.display().to_string();
+        let rest = bytes
+            .strip_prefix(MAGIC.as_slice())
+            .ok_or_else(|| IndexFileError::NotAnIndex { path: path.clone() })?;
+        let damaged = |detail: String| IndexFileError::Damaged {
+            path: path.clone(),
+            detail,
+        };
+        let (version, rest) = rest
+            .split_first_chunk::<4>()
+            .ok_or_else(|| damaged("cut short".into()))?;
+        let found = u32::from_le_bytes(*version);
+        if found != FORMAT_VERSION {
+            return Err(IndexFileError::Version { path, found });
+        }
+        let (body, sum) = rest
+            .split_last_chunk::<32>()
+            .ok_or_else(|| damaged("cut short".into()))?;
+        if Sha256::digest(body).as_slice() != sum {
+            return Err(damaged("checksum mismatch".into()));
+        }
+        let index: Self = postcard::from_bytes(body).map_err(|e| damaged(e.to_string()))?;
+        index.seek.validate().map_err(|e| damaged(e.to_string()))?;
+        Ok(index)
+    }
+
+    /// Loads the index of `digest` from the cache; `Ok(None)` if there is
+    /// none. A damaged or outdated file counts as none (it is rebuilt).
+    pub fn load(cache: &CacheDir, digest: &Digest) -> Result<Option<Self>, IndexFileError> {
+        let path = cache.index_path(digest);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(IndexFileError::Io {
+                    path: path.display().to_string(),
+                    source,
+                });
+            }
+        };
+        match Self::decode(&bytes, &path) {
+            Ok(index) if index.digest == *digest => Ok(Some(index)),
+            Ok(_) => {
+                tracing::warn!(path = %path.display(), "index file is for another layer; rebuilding it");
+                Ok(None)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring the cached index; rebuilding it");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Writes the index atomically under its layer digest.
+    pub fn store(&self, cache: &CacheDir) -> Result<u64, IndexFileError> {
+        let bytes = self.encode()?;
+        cache.write_atomic(&cache.index_path(&self.digest), &bytes)?;
+        Ok(bytes.len() as u64)
+    }
+}

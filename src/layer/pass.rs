@@ -1,0 +1,130 @@
+//! The one pass over a layer: its download, its verification and its index
+//! at once. On the same stream of compressed bytes it hashes them (the
+//! layer digest), keeps them (the local blob), inflates them while recording
+//! seek points, hashes the tar (the diff_id) and parses every tar header.
+
+use std::io::{self, BufWriter, Read, Write};
+
+use super::LayerError;
+use super::index::LayerIndex;
+use super::seek::{Compression, SeekingDecoder};
+use super::tar::read_entries;
+use crate::cache::CacheDir;
+use crate::digest::{Digest, HashingReader};
+
+/// What the pass must verify the layer against.
+pub struct Expected<'a> {
+    pub digest: &'a Digest,
+    pub diff_id: &'a Digest,
+    pub size: u64,
+    pub compression: Compression,
+}
+
+/// Copies every byte read through it into a writer, and reports progress.
+struct Tee<'a, R, W> {
+    inner: R,
+    copy: Option<W>,
+    progress: &'a (dyn Fn(u64) + Sync),
+    total: u64,
+}
+
+impl<R: Read, W: Write> Read for Tee<'_, R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(copy) = self.copy.as_mut() {
+            copy.write_all(&buf[..n])?;
+        }
+        self.total += n as u64;
+        (self.progress)(self.total);
+        Ok(n)
+    }
+}
+
+/// Runs the pass over `source` (the compressed blob from its start). When
+/// `keep` is set, the blob is stored in the cache too. The index is stored
+/// only if both digests match.
+pub fn index_stream(
+    source: impl Read,
+    expected: &Expected,
+    cache: &CacheDir,
+    span: u64,
+    keep: bool,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<LayerIndex, LayerError> {
+    let layer = expected.digest;
+    let blob_file = if keep { Some(cache.temp_file()?) } else { None };
+    let mut compressed = HashingReader::new(Tee {
+        inner: source,
+        copy: blob_file
+            .as_ref()
+            .map(|f| BufWriter::with_capacity(1 << 20, f.as_file())),
+        progress,
+        total: 0,
+    });
+    let seek_error = |source| LayerError::Seek {
+        layer: layer.clone(),
+        source,
+    };
+    let mut decoder =
+        SeekingDecoder::new(&mut compressed, expected.compression, span).map_err(seek_error)?;
+    let mut tar = HashingReader::new(&mut decoder);
+    let entries = read_entries(&mut tar).map_err(|source| LayerError::Tar {
+        layer: layer.clone(),
+        source,
+    })?;
+    // What follows the end-of-archive blocks is part of the diff_id too.
+    io::copy(&mut tar, &mut io::sink()).map_err(|source| LayerError::Read {
+        layer: layer.clone(),
+        source,
+    })?;
+    let (diff_id, _) = tar.finish();
+    let seek = decoder.finish().map_err(seek_error)?;
+    io::copy(&mut compressed, &mut io::sink()).map_err(|source| LayerError::Read {
+        layer: layer.clone(),
+        source,
+    })?;
+    if let Some(copy) = compressed.get_mut().copy.as_mut() {
+        copy.flush().map_err(|source| LayerError::Read {
+            layer: layer.clone(),
+            source,
+        })?;
+    }
+    let (digest, size) = compressed.finish();
+    verify(expected, &digest, size, &diff_id)?;
+    if let Some(file) = blob_file {
+        cache.commit(file, &cache.blob_path(layer))?;
+    }
+    let index = LayerIndex {
+        digest: layer.clone(),
+        diff_id,
+        entries,
+        seek,
+    };
+    index.store(cache)?;
+    Ok(index)
+}
+
+fn verify(expected: &Expected, digest: &Digest, size: u64, diff_id: &Digest) -> Result<(), LayerError> {
+    if digest != expected.digest {
+        return Err(LayerError::DigestMismatch {
+            layer: expected.digest.clone(),
+            actual: digest.clone(),
+            size,
+        });
+    }
+    if size != expected.size {
+        return Err(LayerError::SizeMismatch {
+            layer: expected.digest.clone(),
+            expected: expected.size,
+            actual: size,
+        });
+    }
+    if diff_id != expected.diff_id {
+        return Err(LayerError::DiffIdMismatch {
+            layer: expected.digest.clone(),
+            expected: expected.diff_id.clone(),
+            actual: diff_id.clone(),
+        });
+    }
+    Ok(())
+}
