@@ -6,5 +6,6 @@
 pub mod blob;
 pub mod cli;
 pub mod digest;
+pub mod layer;
 pub mod reference;
 pub mod registry;
