@@ -162,7 +162,8 @@ impl SeekIndex {
     /// The compressed byte range `[start, end)` that [`read_at`] needs for
     /// the uncompressed range `offset..offset + len`: from the seek point at
     /// or before `offset` to the next point at or after the range's end (the
-    /// blob's end when there is none). Empty when the range is.
+    /// end of the compressed layer when there is none). Empty when the range
+    /// is.
     pub fn compressed_span_for(&self, offset: u64, len: u64) -> (u64, u64) {
         let end = offset.saturating_add(len).min(self.uncompressed_size);
         if self.compression == Compression::None {
@@ -329,7 +330,12 @@ fn read_compressed(
             .saturating_sub(point.fetch_start())
             + FETCH_SLACK,
     };
-    let skip = offset - point.uncompressed_offset;
+    let skip = offset
+        .checked_sub(point.uncompressed_offset)
+        .ok_or_else(|| SeekError::BadSeekPoint {
+            point: i,
+            reason: format!("it lies after offset {offset}, which it was chosen for"),
+        })?;
     let out = if index.compression == Compression::Gzip {
         gzip::read_from(i, point, &mut fetcher, skip, want)?
     } else {
@@ -391,7 +397,8 @@ impl Fetcher<'_> {
 /// returns the [`SeekIndex`].
 ///
 /// A decoding error is returned by `read` as an `io::Error` and again, as the
-/// original [`SeekError`], by `finish`.
+/// original [`SeekError`], by `finish`. Each `read` is one inflate call, so
+/// reads of a few KiB or more (or a `BufReader` around it) keep it fast.
 pub struct SeekingDecoder<R: Read> {
     codec: Codec<R>,
     failed: Option<SeekError>,
