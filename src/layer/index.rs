@@ -122,3 +122,56 @@ impl LayerIndex {
         Ok(bytes.len() as u64)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::seek::{Compression, SeekingDecoder};
+    use crate::layer::tar::read_entries;
+
+    fn sample() -> LayerIndex {
+        let mut builder = ::tar::Builder::new(Vec::new());
+        let mut header = ::tar::Header::new_gnu();
+        header.set_size(5);
+        header.set_mode(0o644);
+        builder.append_data(&mut header, "a/b.txt", &b"hello"[..]).unwrap();
+        let tar = builder.into_inner().unwrap();
+        let entries = read_entries(&mut tar.as_slice()).unwrap();
+        let mut decoder = SeekingDecoder::new(tar.as_slice(), Compression::None, 1 << 20).unwrap();
+        std::io::copy(&mut decoder, &mut std::io::sink()).unwrap();
+        LayerIndex {
+            digest: Digest::of(&tar),
+            diff_id: Digest::of(&tar),
+            entries,
+            seek: decoder.finish().unwrap(),
+        }
+    }
+
+    #[test]
+    fn round_trips_through_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CacheDir::open(dir.path()).unwrap();
+        let index = sample();
+        index.store(&cache).unwrap();
+        assert_eq!(LayerIndex::load(&cache, &index.digest).unwrap(), Some(index));
+    }
+
+    #[test]
+    fn damaged_or_foreign_files_are_refused() {
+        let index = sample();
+        let bytes = index.encode().unwrap();
+        let path = Path::new("x");
+        let mut flipped = bytes.clone();
+        let mid = flipped.len() / 2;
+        flipped[mid] ^= 1;
+        assert!(matches!(LayerIndex::decode(&flipped, path), Err(IndexFileError::Damaged { .. })));
+        assert!(matches!(
+            LayerIndex::decode(&bytes[..bytes.len() - 1], path),
+            Err(IndexFileError::Damaged { .. })
+        ));
+        assert!(matches!(LayerIndex::decode(b"garbage", path), Err(IndexFileError::NotAnIndex { .. })));
+        let mut newer = bytes.clone();
+        newer[MAGIC.len()] = 9;
+        assert!(matches!(LayerIndex::decode(&newer, path), Err(IndexFileError::Version { found: 9, .. })));
+    }
+}

@@ -28,7 +28,6 @@ pub struct TarEntry {
     pub uid: u32,
     pub gid: u32,
     pub mtime: Mtime,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub xattrs: BTreeMap<String, Vec<u8>>,
 }
 
