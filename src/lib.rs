@@ -8,6 +8,7 @@ pub mod cache;
 pub mod cli;
 pub mod digest;
 pub mod layer;
+pub mod materialize;
 pub mod reference;
 pub mod registry;
 pub mod tree;
