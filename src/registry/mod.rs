@@ -184,6 +184,13 @@ impl RegistryClient {
                 Ok((body, content_type, header_digest))
             })
             .map_err(|e| self.not_found(e, key, by_digest.is_some()))?;
+        // A signed schema 1 manifest's digest covers its payload without the
+        // signatures, so its body never matches: say what it is instead.
+        if manifest::is_schema1(&body, &content_type) {
+            return Err(RegistryError::Schema1 {
+                reference: self.reference.to_string(),
+            });
+        }
         let actual = Digest::of(&body);
         let expected = match by_digest {
             Some(d) => Some(d),
