@@ -211,7 +211,15 @@ impl Run {
             "the error line must come last:\n{}",
             self.stderr
         );
-        errors[0][ERROR_PREFIX.len()..].to_string()
+        let message = &errors[0][ERROR_PREFIX.len()..];
+        let parts: Vec<&str> = message.split(": ").collect();
+        for (i, part) in parts.iter().enumerate() {
+            assert!(
+                part.len() < 12 || !parts[i + 1..].contains(part),
+                "the message repeats itself: {message}"
+            );
+        }
+        message.to_string()
     }
 }
 
