@@ -95,10 +95,25 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("lazypull: error: {e:#}");
+            eprintln!("lazypull: error: {}", error_message(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line. Our errors already name their
+/// source in their own message, so a cause is added only when it says
+/// something new (`{:#}` would repeat it).
+fn error_message(e: &anyhow::Error) -> String {
+    let mut message = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+    }
+    message
 }
 
 fn init_logging(verbose: u8) {
@@ -115,4 +130,18 @@ fn init_logging(verbose: u8) {
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_message_names_each_cause_once() {
+        let e = anyhow::Error::from("x/y@sha256:abc".parse::<Reference>().unwrap_err());
+        let message = error_message(&e);
+        assert_eq!(message.matches("invalid digest").count(), 1, "{message}");
+        let e = anyhow::Error::from(std::io::Error::other("disk on fire")).context("writing");
+        assert_eq!(error_message(&e), "writing: disk on fire");
+    }
 }
