@@ -7,6 +7,7 @@ pub mod blob;
 pub mod cache;
 pub mod cli;
 pub mod digest;
+pub mod fs;
 pub mod layer;
 pub mod materialize;
 pub mod reference;

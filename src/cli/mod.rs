@@ -4,6 +4,7 @@ mod index;
 mod inspect;
 mod layers;
 mod ls;
+mod mount;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -35,6 +36,9 @@ enum Command {
     Inspect(inspect::InspectArgs),
     Ls(ls::LsArgs),
     Index(index::IndexArgs),
+    Mount(mount::MountArgs),
+    Umount(mount::UmountArgs),
+    Status(mount::StatusArgs),
 }
 
 /// How to reach the registry: shared by every command that does.
@@ -91,6 +95,9 @@ pub fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(&args),
         Command::Ls(args) => ls::run(&args),
         Command::Index(args) => index::run(&args),
+        Command::Mount(args) => mount::run(&args),
+        Command::Umount(args) => mount::umount(&args),
+        Command::Status(args) => mount::status(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
