@@ -1,5 +1,6 @@
 //! The command line: the only place that uses `anyhow`.
 
+mod cache;
 mod index;
 mod inspect;
 mod layers;
@@ -39,6 +40,7 @@ enum Command {
     Mount(mount::MountArgs),
     Umount(mount::UmountArgs),
     Status(mount::StatusArgs),
+    Cache(cache::CacheCommand),
 }
 
 /// How to reach the registry: shared by every command that does.
@@ -98,6 +100,7 @@ pub fn main() -> ExitCode {
         Command::Mount(args) => mount::run(&args),
         Command::Umount(args) => mount::umount(&args),
         Command::Status(args) => mount::status(&args),
+        Command::Cache(args) => cache::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

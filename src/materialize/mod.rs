@@ -18,9 +18,11 @@ use crate::layer::{LayerError, download_layer};
 use crate::registry::{HttpBlob, LayerDescriptor, RegistryClient};
 use spans::SpanCache;
 
-/// Attempts at downloading a layer whose transfer fails (not its content).
-const FETCH_ATTEMPTS: u32 = 3;
-const FETCH_RETRY_DELAY: Duration = Duration::from_secs(5);
+/// Waits between download attempts of a layer whose transfer failed (not
+/// its content): a registry that is down for a while is waited out, never
+/// turned into a failed layer.
+const FIRST_RETRY_DELAY: Duration = Duration::from_secs(2);
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -193,7 +195,7 @@ impl Layers {
 
     fn fetch(&self, layer: &Layer, client: &RegistryClient, cache: &CacheDir) -> Result<(), LayerError> {
         let d = &layer.descriptor;
-        let mut attempt = 1;
+        let mut delay = FIRST_RETRY_DELAY;
         loop {
             let progress = |n: u64| {
                 layer.fetched.fetch_max(n, Ordering::Relaxed);
@@ -206,11 +208,11 @@ impl Layers {
                 .map_err(LayerError::from)
                 .and_then(|stream| download_layer(stream, d, &layer.index, cache, &progress));
             match result {
-                Err(e) if is_transfer_failure(&e) && attempt < FETCH_ATTEMPTS => {
-                    tracing::warn!(layer = %d.digest, attempt, error = %e, "layer download failed; trying again");
+                Err(e) if is_transfer_failure(&e) => {
+                    tracing::warn!(layer = %d.digest, ?delay, error = %e, "layer download failed; trying again");
                     self.set_state(layer, State::Fetching, None);
-                    std::thread::sleep(FETCH_RETRY_DELAY);
-                    attempt += 1;
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(MAX_RETRY_DELAY);
                 }
                 other => return other,
             }
@@ -248,6 +250,19 @@ impl Layers {
 }
 
 /// A download that broke off may succeed later; wrong content never will.
+/// A failure is a transfer failure when a registry error caused it, however
+/// deep (the stream's error surfaces through the inflater or the tar reader).
 fn is_transfer_failure(e: &LayerError) -> bool {
-    matches!(e, LayerError::Registry(r) if r.is_transient()) || matches!(e, LayerError::Read { .. })
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        let mut inner = err;
+        while let Some(next) = inner.downcast_ref::<io::Error>().and_then(|io| io.get_ref()) {
+            inner = next;
+        }
+        if let Some(registry) = inner.downcast_ref::<crate::registry::RegistryError>() {
+            return registry.is_transient();
+        }
+        cur = err.source();
+    }
+    false
 }
