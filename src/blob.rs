@@ -20,6 +20,13 @@ pub trait BlobReader: Send + Sync {
     fn read_at(&self, offset: u64, len: u64) -> io::Result<Vec<u8>>;
 }
 
+/// A blob whose byte ranges can also be streamed, so that a long run of
+/// them costs one request rather than one per piece.
+pub trait RangeSource: BlobReader {
+    /// Bytes `start..end`, in order.
+    fn stream(&self, start: u64, end: u64) -> io::Result<Box<dyn io::Read + Send>>;
+}
+
 /// A blob held in a local file.
 pub struct FileBlob {
     file: File,

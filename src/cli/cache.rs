@@ -20,7 +20,9 @@ enum Action {
     #[command(after_help = "Example:\n  lazypull cache ls --cache-dir /var/lib/lazypull")]
     Ls(CacheArgs),
     /// Drop layer contents but keep indexes (--blobs), or everything (--all).
-    #[command(after_help = "Examples:\n  lazypull cache prune --blobs\n  lazypull cache prune --all")]
+    #[command(
+        after_help = "Examples:\n  lazypull cache prune --blobs\n  lazypull cache prune --all"
+    )]
     Prune(PruneArgs),
 }
 
@@ -63,7 +65,10 @@ fn files(dir: &Path) -> anyhow::Result<Vec<(String, u64)>> {
     };
     for entry in entries {
         let entry = entry?;
-        out.push((entry.file_name().to_string_lossy().into_owned(), entry.metadata()?.len()));
+        out.push((
+            entry.file_name().to_string_lossy().into_owned(),
+            entry.metadata()?.len(),
+        ));
     }
     out.sort();
     Ok(out)
@@ -129,7 +134,9 @@ fn prune(args: &PruneArgs) -> anyhow::Result<()> {
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(anyhow::Error::from(e).context(format!("removing {}", dir.display()))),
+            Err(e) => {
+                return Err(anyhow::Error::from(e).context(format!("removing {}", dir.display())));
+            }
         }
     }
     // Recreate the layout so the cache stays usable.

@@ -63,34 +63,7 @@ struct MountStatus {
     reference: String,
     digest: String,
     pid: u32,
-    layers: Vec<LayerStatusOut>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct LayerStatusOut {
-    digest: String,
-    diff_id: String,
-    state: String,
-    bytes_fetched: u64,
-    size: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-}
-
-impl From<LayerStatus> for LayerStatusOut {
-    fn from(s: LayerStatus) -> Self {
-        Self {
-            digest: s.digest,
-            diff_id: s.diff_id,
-            state: serde_json::to_value(&s.state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
-            bytes_fetched: s.bytes_fetched,
-            size: s.size,
-            error: s.error,
-        }
-    }
+    layers: Vec<LayerStatus>,
 }
 
 struct MountContent {
@@ -101,7 +74,9 @@ struct MountContent {
 
 impl ContentReader for MountContent {
     fn read(&self, layer: usize, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
-        self.layers.read(layer, offset, len).map_err(std::io::Error::other)
+        self.layers
+            .read(layer, offset, len)
+            .map_err(std::io::Error::other)
     }
 
     fn status(&self) -> String {
@@ -109,7 +84,7 @@ impl ContentReader for MountContent {
             reference: self.reference.clone(),
             digest: self.digest.clone(),
             pid: std::process::id(),
-            layers: self.layers.status().into_iter().map(Into::into).collect(),
+            layers: self.layers.status(),
         };
         serde_json::to_string(&status).unwrap_or_default()
     }
@@ -117,7 +92,10 @@ impl ContentReader for MountContent {
 
 pub fn run(args: &MountArgs) -> anyhow::Result<()> {
     if !args.mountpoint.is_dir() {
-        bail!("mount point {} is not an existing directory", args.mountpoint.display());
+        bail!(
+            "mount point {} is not an existing directory",
+            args.mountpoint.display()
+        );
     }
     let ready = ready_pipe();
     if args.foreground || ready.is_some() {
@@ -147,14 +125,16 @@ fn spawn_daemon(args: &MountArgs) -> anyhow::Result<()> {
             .map(|d| d.as_millis())
             .unwrap_or(0)
     ));
-    let log = File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    let log =
+        File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
     let mut fds = [0i32; 2];
     // SAFETY: `fds` has room for the two descriptors pipe writes.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return Err(std::io::Error::last_os_error()).context("creating a pipe");
     }
     // SAFETY: pipe2 just created these and nothing else owns them.
-    let (mut read_end, write_end) = unsafe { (File::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (mut read_end, write_end) =
+        unsafe { (File::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     let write_fd = fds[1];
     let mut cmd = Command::new(std::env::current_exe().context("finding the lazypull binary")?);
     cmd.args(std::env::args_os().skip(1))
@@ -176,7 +156,9 @@ fn spawn_daemon(args: &MountArgs) -> anyhow::Result<()> {
     let mut child = cmd.spawn().context("starting the mount daemon")?;
     drop(write_end);
     let mut answer = String::new();
-    read_end.read_to_string(&mut answer).context("waiting for the mount daemon")?;
+    read_end
+        .read_to_string(&mut answer)
+        .context("waiting for the mount daemon")?;
     match answer.strip_prefix("ok") {
         Some(_) => {
             println!(
@@ -190,9 +172,15 @@ fn spawn_daemon(args: &MountArgs) -> anyhow::Result<()> {
         }
         None => {
             let _ = child.wait();
-            let reason = answer.trim().strip_prefix("error: ").unwrap_or(answer.trim());
+            let reason = answer
+                .trim()
+                .strip_prefix("error: ")
+                .unwrap_or(answer.trim());
             if reason.is_empty() {
-                bail!("the mount daemon exited without mounting; see {}", log_path.display());
+                bail!(
+                    "the mount daemon exited without mounting; see {}",
+                    log_path.display()
+                );
             }
             bail!("{reason}")
         }
@@ -212,8 +200,11 @@ fn serve(args: &MountArgs, mut ready: Option<File>) -> anyhow::Result<()> {
         }
     };
     let mountpoint = args.mountpoint.clone();
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
-        .context("installing signal handlers")?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .context("installing signal handlers")?;
     std::thread::spawn(move || {
         if let Some(signal) = signals.forever().next() {
             tracing::info!(signal, "unmounting on signal");
@@ -225,7 +216,11 @@ fn serve(args: &MountArgs, mut ready: Option<File>) -> anyhow::Result<()> {
     if let Some(mut pipe) = ready.take() {
         let _ = pipe.write_all(b"ok");
     } else {
-        eprintln!("mounted {} at {}", args.reference, args.mountpoint.display());
+        eprintln!(
+            "mounted {} at {}",
+            args.reference,
+            args.mountpoint.display()
+        );
     }
     session.run().context("serving the mount")?;
     tracing::info!("unmounted");
@@ -242,8 +237,10 @@ fn start(args: &MountArgs) -> anyhow::Result<fuser::Session<LazyFs>> {
         &image.image.layers,
         indexes,
         args.memory_cache << 20,
-    ));
-    layers.materialize(image.client.clone(), image.cache);
+    )?);
+    layers
+        .materialize(image.cache)
+        .context("starting the background download")?;
     let content = MountContent {
         layers,
         reference: image.image.reference.clone(),
@@ -279,7 +276,8 @@ pub struct UmountArgs {
 
 pub fn umount(args: &UmountArgs) -> anyhow::Result<()> {
     let pid = read_status(&args.mountpoint).ok().map(|s| s.pid);
-    unmount(&args.mountpoint).with_context(|| format!("unmounting {}", args.mountpoint.display()))?;
+    unmount(&args.mountpoint)
+        .with_context(|| format!("unmounting {}", args.mountpoint.display()))?;
     if let Some(pid) = pid {
         wait_for_exit(pid);
     }
@@ -320,9 +318,13 @@ fn read_status(mountpoint: &Path) -> anyhow::Result<MountStatus> {
             mountpoint.display(),
             mountpoint.display()
         ),
-        Err(e) => return Err(e).with_context(|| format!("reading the status of {}", mountpoint.display())),
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("reading the status of {}", mountpoint.display()));
+        }
     };
-    serde_json::from_slice(&value).with_context(|| format!("{} answered an unreadable status", mountpoint.display()))
+    serde_json::from_slice(&value)
+        .with_context(|| format!("{} answered an unreadable status", mountpoint.display()))
 }
 
 pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
@@ -339,7 +341,7 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
         println!(
             "{:<19} {:>10} {:>21}  {}",
             &layer.digest[..layer.digest.len().min(19)],
-            layer.state,
+            format!("{:?}", layer.state).to_lowercase(),
             format!("{}/{}", layer.bytes_fetched, layer.size),
             layer.error.as_deref().unwrap_or("")
         );

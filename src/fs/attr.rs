@@ -50,7 +50,9 @@ pub fn attr(node: &Node) -> FileAttr {
         nlink: node.nlink,
         uid: node.uid,
         gid: node.gid,
-        rdev: node.rdev().map_or(0, |(major, minor)| encode_dev(major, minor)),
+        rdev: node
+            .rdev()
+            .map_or(0, |(major, minor)| encode_dev(major, minor)),
         blksize: 4096,
         flags: 0,
     }

@@ -72,7 +72,8 @@ fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
 impl Filesystem for LazyFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Optional speedups: a kernel without them still works.
-        let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
+        let _ = config
+            .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
         let _ = config.set_max_readahead(1 << 20);
         Ok(())
     }
@@ -133,20 +134,35 @@ impl Filesystem for LazyFs {
         }
         let len = u64::from(size).min(content.size - offset);
         let reader = Arc::clone(&self.content);
-        self.pool.run(move || match reader.read(content.layer, content.offset + offset, len) {
-            Ok(bytes) if bytes.len() as u64 == len => reply.data(&bytes),
-            Ok(bytes) => {
-                tracing::error!(ino = ino.0, offset, want = len, got = bytes.len(), "short read from layer");
-                reply.error(Errno::EIO);
-            }
-            Err(e) => {
-                tracing::warn!(ino = ino.0, offset, error = %e, "read failed");
-                reply.error(Errno::EIO);
-            }
-        });
+        self.pool.run(
+            move || match reader.read(content.layer, content.offset + offset, len) {
+                Ok(bytes) if bytes.len() as u64 == len => reply.data(&bytes),
+                Ok(bytes) => {
+                    tracing::error!(
+                        ino = ino.0,
+                        offset,
+                        want = len,
+                        got = bytes.len(),
+                        "short read from layer"
+                    );
+                    reply.error(Errno::EIO);
+                }
+                Err(e) => {
+                    tracing::warn!(ino = ino.0, offset, error = %e, "read failed");
+                    reply.error(Errno::EIO);
+                }
+            },
+        );
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let node = match self.node(ino) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
@@ -210,7 +226,16 @@ impl Filesystem for LazyFs {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let files = self.tree.len() as u64;
-        reply.statfs(self.total_bytes.div_ceil(4096), 0, 0, files, 0, 4096, 255, 4096);
+        reply.statfs(
+            self.total_bytes.div_ceil(4096),
+            0,
+            0,
+            files,
+            0,
+            4096,
+            255,
+            4096,
+        );
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -254,7 +279,9 @@ pub fn unmount(mountpoint: &std::path::Path) -> std::io::Result<()> {
         return if status.success() {
             Ok(())
         } else {
-            Err(std::io::Error::other(format!("fusermount3 -u failed ({status})")))
+            Err(std::io::Error::other(format!(
+                "fusermount3 -u failed ({status})"
+            )))
         };
     }
     let path = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())

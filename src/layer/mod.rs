@@ -119,9 +119,9 @@ pub fn ensure_index(
     }
 }
 
-/// Downloads a layer whose index is already known (the lazy path's
-/// background fetch): the same verified pass, keeping the blob.
-pub fn download_layer(
+/// Verifies a layer whose index is already known (the lazy path's
+/// background fetch) with the same pass; keeps nothing but the index.
+pub fn verify_layer(
     source: impl std::io::Read,
     layer: &LayerDescriptor,
     index: &LayerIndex,
@@ -134,7 +134,7 @@ pub fn download_layer(
         size: layer.size,
         compression: index.seek.compression,
     };
-    index_stream(source, &expected, cache, index.seek.span, true, progress).map(|_| ())
+    index_stream(source, &expected, cache, index.seek.span, false, progress).map(|_| ())
 }
 
 /// The indexes of every layer of an image, bottom first, built in parallel

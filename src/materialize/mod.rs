@@ -1,22 +1,22 @@
-//! The layers of a mount: where each one's bytes come from right now
-//! (the registry, lazily, or the verified local blob), and the background
-//! work that downloads and verifies every layer before it is marked ready.
-
-mod spans;
+//! The layers of a mount: where each one's bytes come from right now (the
+//! registry through the on-disk chunk cache, or the verified local blob),
+//! and the background work that completes and verifies every layer before
+//! it is marked ready.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::blob::{BlobReader, FileBlob};
 use crate::cache::CacheDir;
+use crate::cache::chunks::ChunkedBlob;
+use crate::cache::spans::SpanCache;
 use crate::layer::index::LayerIndex;
-use crate::layer::{LayerError, download_layer};
-use crate::registry::{HttpBlob, LayerDescriptor, RegistryClient};
-use spans::SpanCache;
+use crate::layer::{LayerError, verify_layer};
+use crate::registry::{HttpBlob, LayerDescriptor, RegistryClient, RegistryError};
 
 /// Waits between download attempts of a layer whose transfer failed (not
 /// its content): a registry that is down for a while is waited out, never
@@ -24,7 +24,7 @@ use spans::SpanCache;
 const FIRST_RETRY_DELAY: Duration = Duration::from_secs(2);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     Fetching,
@@ -41,17 +41,25 @@ pub enum ReadError {
     Layer { layer: String, source: io::Error },
 }
 
+/// Where a layer's bytes come from.
+enum Source {
+    /// Verified, complete, in `blobs/`.
+    Local(Arc<FileBlob>),
+    /// Being fetched into `chunks/`; unverified.
+    Remote(Arc<ChunkedBlob<HttpBlob>>),
+}
+
 struct Layer {
     descriptor: LayerDescriptor,
     index: LayerIndex,
     state: RwLock<(State, Option<String>)>,
-    local: RwLock<Option<Arc<FileBlob>>>,
-    remote: HttpBlob,
-    fetched: AtomicU64,
+    source: RwLock<Option<Source>>,
+    /// Compressed bytes fetched by the background download.
+    downloaded: AtomicU64,
 }
 
 /// Per-layer status, as `lazypull status` prints it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LayerStatus {
     pub digest: String,
     pub diff_id: String,
@@ -62,27 +70,13 @@ pub struct LayerStatus {
     pub error: Option<String>,
 }
 
-/// Counts the compressed bytes fetched through a blob reader.
-struct Counting<'a> {
-    inner: &'a dyn BlobReader,
-    count: &'a AtomicU64,
-}
-
-impl BlobReader for Counting<'_> {
-    fn size(&self) -> u64 {
-        self.inner.size()
-    }
-
-    fn read_at(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
-        let bytes = self.inner.read_at(offset, len)?;
-        self.count.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-        Ok(bytes)
-    }
-}
-
 pub struct Layers {
     layers: Vec<Layer>,
     spans: SpanCache,
+}
+
+fn lock_err<T>(e: std::sync::PoisonError<T>) -> T {
+    e.into_inner()
 }
 
 impl Layers {
@@ -94,32 +88,34 @@ impl Layers {
         descriptors: &[LayerDescriptor],
         indexes: Vec<LayerIndex>,
         memory_bytes: u64,
-    ) -> Self {
-        let layers = descriptors
-            .iter()
-            .zip(indexes)
-            .map(|(descriptor, index)| {
-                let local = FileBlob::open(&cache.blob_path(&descriptor.digest)).ok().map(Arc::new);
-                let state = if local.is_some() {
-                    State::Ready
-                } else {
-                    State::Fetching
-                };
-                let fetched = if local.is_some() { descriptor.size } else { 0 };
-                Layer {
-                    remote: client.blob(&descriptor.digest, descriptor.size),
-                    descriptor: descriptor.clone(),
-                    index,
-                    state: RwLock::new((state, None)),
-                    local: RwLock::new(local),
-                    fetched: AtomicU64::new(fetched),
+    ) -> Result<Self, LayerError> {
+        let mut layers = Vec::with_capacity(descriptors.len());
+        for (descriptor, index) in descriptors.iter().zip(indexes) {
+            let d = &descriptor.digest;
+            let (state, source) = match FileBlob::open(&cache.blob_path(d)) {
+                Ok(blob) => (State::Ready, Source::Local(Arc::new(blob))),
+                Err(_) => {
+                    let chunks =
+                        ChunkedBlob::create(client.blob(d, descriptor.size), &cache.chunks_path(d))
+                            .map_err(|source| LayerError::Read {
+                                layer: d.clone(),
+                                source,
+                            })?;
+                    (State::Fetching, Source::Remote(Arc::new(chunks)))
                 }
-            })
-            .collect();
-        Self {
+            };
+            layers.push(Layer {
+                descriptor: descriptor.clone(),
+                index,
+                state: RwLock::new((state, None)),
+                source: RwLock::new(Some(source)),
+                downloaded: AtomicU64::new(0),
+            });
+        }
+        Ok(Self {
             layers,
             spans: SpanCache::new(memory_bytes),
-        }
+        })
     }
 
     /// Reads `len` bytes at `offset` of layer `layer`'s uncompressed tar.
@@ -128,29 +124,28 @@ impl Layers {
             layer: layer.to_string(),
             source: io::Error::other("no such layer"),
         })?;
-        {
-            let state = l.state.read().unwrap_or_else(|e| e.into_inner());
-            if state.0 == State::Failed {
-                return Err(ReadError::Failed {
-                    layer: l.descriptor.digest.to_string(),
-                    reason: state.1.clone().unwrap_or_default(),
-                });
-            }
+        let failed = || {
+            let state = l.state.read().unwrap_or_else(lock_err);
+            (state.0 == State::Failed).then(|| ReadError::Failed {
+                layer: l.descriptor.digest.to_string(),
+                reason: state.1.clone().unwrap_or_default(),
+            })
+        };
+        if let Some(e) = failed() {
+            return Err(e);
         }
-        let local = l.local.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let counting;
-        let blob: &dyn BlobReader = match &local {
-            Some(file) => file.as_ref(),
+        let blob: Arc<dyn BlobReader> = match l.source.read().unwrap_or_else(lock_err).as_ref() {
+            Some(Source::Local(file)) => file.clone(),
+            Some(Source::Remote(chunks)) => chunks.clone(),
             None => {
-                counting = Counting {
-                    inner: &l.remote,
-                    count: &l.fetched,
-                };
-                &counting
+                return Err(failed().unwrap_or_else(|| ReadError::Layer {
+                    layer: l.descriptor.digest.to_string(),
+                    source: io::Error::other("layer has no source"),
+                }));
             }
         };
         self.spans
-            .read(layer, blob, &l.index.seek, offset, len)
+            .read(layer, blob.as_ref(), &l.index.seek, offset, len)
             .map_err(|source| ReadError::Layer {
                 layer: l.descriptor.digest.to_string(),
                 source,
@@ -161,108 +156,139 @@ impl Layers {
         self.layers
             .iter()
             .map(|l| {
-                let state = l.state.read().unwrap_or_else(|e| e.into_inner()).clone();
+                let (state, error) = l.state.read().unwrap_or_else(lock_err).clone();
+                let fetched = match l.source.read().unwrap_or_else(lock_err).as_ref() {
+                    Some(Source::Remote(chunks)) => chunks.fetched(),
+                    _ if state == State::Ready => l.descriptor.size,
+                    _ => l.downloaded.load(Ordering::Relaxed),
+                };
                 LayerStatus {
                     digest: l.descriptor.digest.to_string(),
                     diff_id: l.descriptor.diff_id.to_string(),
-                    state: state.0,
-                    bytes_fetched: l.fetched.load(Ordering::Relaxed).min(l.descriptor.size),
+                    state,
+                    bytes_fetched: fetched.min(l.descriptor.size),
                     size: l.descriptor.size,
-                    error: state.1,
+                    error,
                 }
             })
             .collect()
     }
 
-    /// Downloads and verifies, one after the other, every layer that is not
+    /// Completes and verifies, one after the other, every layer that is not
     /// local yet; each becomes ready (served from the verified local blob)
     /// or failed (its reads give EIO from then on).
-    pub fn materialize(self: &Arc<Self>, client: RegistryClient, cache: CacheDir) -> std::thread::JoinHandle<()> {
+    pub fn materialize(
+        self: &Arc<Self>,
+        cache: CacheDir,
+    ) -> io::Result<std::thread::JoinHandle<()>> {
         let layers = Arc::clone(self);
         std::thread::Builder::new()
             .name("materialize".into())
             .spawn(move || {
                 for (i, layer) in layers.layers.iter().enumerate() {
-                    if layer.state.read().unwrap_or_else(|e| e.into_inner()).0 != State::Fetching {
-                        continue;
-                    }
-                    let result = layers.fetch(layer, &client, &cache);
-                    layers.finish(i, layer, result, &cache);
+                    let chunks = match layer.source.read().unwrap_or_else(lock_err).as_ref() {
+                        Some(Source::Remote(chunks)) => chunks.clone(),
+                        _ => continue,
+                    };
+                    let result = layers.complete(layer, &chunks, &cache);
+                    layers.finish(i, layer, &chunks, result, &cache);
                 }
             })
-            .unwrap_or_else(|e| panic!("cannot start the materializer thread: {e}"))
     }
 
-    fn fetch(&self, layer: &Layer, client: &RegistryClient, cache: &CacheDir) -> Result<(), LayerError> {
+    /// Fetches what lazy reads left out, then verifies the whole blob.
+    fn complete(
+        &self,
+        layer: &Layer,
+        chunks: &ChunkedBlob<HttpBlob>,
+        cache: &CacheDir,
+    ) -> Result<(), LayerError> {
         let d = &layer.descriptor;
         let mut delay = FIRST_RETRY_DELAY;
-        loop {
-            let progress = |n: u64| {
-                layer.fetched.fetch_max(n, Ordering::Relaxed);
-                if n >= d.size {
-                    self.set_state(layer, State::Verifying, None);
-                }
-            };
-            let result = client
-                .open_blob(&d.digest, d.size)
-                .map_err(LayerError::from)
-                .and_then(|stream| download_layer(stream, d, &layer.index, cache, &progress));
-            match result {
-                Err(e) if is_transfer_failure(&e) => {
-                    tracing::warn!(layer = %d.digest, ?delay, error = %e, "layer download failed; trying again");
-                    self.set_state(layer, State::Fetching, None);
-                    std::thread::sleep(delay);
-                    delay = (delay * 2).min(MAX_RETRY_DELAY);
-                }
-                other => return other,
+        while let Err(e) = chunks.fill(&|n| layer.downloaded.store(n, Ordering::Relaxed)) {
+            if !is_transfer_failure(&e) {
+                return Err(LayerError::Read {
+                    layer: d.digest.clone(),
+                    source: e,
+                });
             }
+            tracing::warn!(layer = %d.digest, ?delay, error = %e, "layer download failed; trying again");
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(MAX_RETRY_DELAY);
         }
+        self.set_state(layer, State::Verifying, None);
+        let file = std::fs::File::open(chunks.path()).map_err(|source| LayerError::Read {
+            layer: d.digest.clone(),
+            source,
+        })?;
+        verify_layer(
+            io::BufReader::with_capacity(1 << 20, file),
+            d,
+            &layer.index,
+            cache,
+            &|_| {},
+        )
     }
 
-    fn finish(&self, i: usize, layer: &Layer, result: Result<(), LayerError>, cache: &CacheDir) {
-        let d = &layer.descriptor;
-        let opened = result.and_then(|()| {
-            FileBlob::open(&cache.blob_path(&d.digest)).map_err(|source| LayerError::Read {
-                layer: d.digest.clone(),
+    fn finish(
+        &self,
+        i: usize,
+        layer: &Layer,
+        chunks: &ChunkedBlob<HttpBlob>,
+        result: Result<(), LayerError>,
+        cache: &CacheDir,
+    ) {
+        let d = &layer.descriptor.digest;
+        let blob_path = cache.blob_path(d);
+        let adopted = result.and_then(|()| {
+            cache.adopt(chunks.path(), &blob_path)?;
+            FileBlob::open(&blob_path).map_err(|source| LayerError::Read {
+                layer: d.clone(),
                 source,
             })
         });
-        match opened {
+        // Spans inflated from unverified bytes are dropped either way.
+        self.spans.forget_layer(i);
+        match adopted {
             Ok(blob) => {
-                *layer.local.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(blob));
-                // Spans inflated from unverified bytes are dropped; from now
-                // on reads come from the verified blob.
-                self.spans.forget_layer(i);
+                *layer.source.write().unwrap_or_else(lock_err) =
+                    Some(Source::Local(Arc::new(blob)));
                 self.set_state(layer, State::Ready, None);
-                tracing::info!(layer = %d.digest, "layer verified and ready");
+                tracing::info!(layer = %d, "layer verified and ready");
             }
             Err(e) => {
-                tracing::error!(layer = %d.digest, error = %e, "layer failed; its files will read as EIO");
-                self.spans.forget_layer(i);
+                tracing::error!(layer = %d, error = %e, "layer failed; its files will read as EIO");
                 self.set_state(layer, State::Failed, Some(e.to_string()));
+                *layer.source.write().unwrap_or_else(lock_err) = None;
+                // Nothing unverified is kept.
+                let _ = std::fs::remove_file(chunks.path());
             }
         }
     }
 
     fn set_state(&self, layer: &Layer, state: State, error: Option<String>) {
-        *layer.state.write().unwrap_or_else(|e| e.into_inner()) = (state, error);
+        *layer.state.write().unwrap_or_else(lock_err) = (state, error);
     }
 }
 
-/// A download that broke off may succeed later; wrong content never will.
-/// A failure is a transfer failure when a registry error caused it, however
-/// deep (the stream's error surfaces through the inflater or the tar reader).
-fn is_transfer_failure(e: &LayerError) -> bool {
+/// A download that broke off may succeed later; a missing blob or wrong
+/// content never will. A failure is a transfer failure when a transient
+/// registry error caused it, however deep it is wrapped.
+fn is_transfer_failure(e: &io::Error) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         let mut inner = err;
-        while let Some(next) = inner.downcast_ref::<io::Error>().and_then(|io| io.get_ref()) {
+        while let Some(next) = inner
+            .downcast_ref::<io::Error>()
+            .and_then(|io| io.get_ref())
+        {
             inner = next;
         }
-        if let Some(registry) = inner.downcast_ref::<crate::registry::RegistryError>() {
+        if let Some(registry) = inner.downcast_ref::<RegistryError>() {
             return registry.is_transient();
         }
         cur = err.source();
     }
-    false
+    // Plain I/O trouble (a reset seen by the reader) is worth another try.
+    e.kind() != io::ErrorKind::NotFound
 }

@@ -10,7 +10,7 @@ use reqwest::{StatusCode, Url};
 
 use super::error::RegistryError;
 use super::transport::Transport;
-use crate::blob::{BlobReader, clamp_len};
+use crate::blob::{BlobReader, RangeSource, clamp_len};
 use crate::digest::Digest;
 
 /// Reads a whole (small) body, refusing more than `max` bytes.
@@ -219,6 +219,20 @@ impl BlobReader for HttpBlob {
     }
 }
 
+impl RangeSource for HttpBlob {
+    fn stream(&self, start: u64, end: u64) -> io::Result<Box<dyn Read + Send>> {
+        let stream = BlobStream::open(
+            self.transport.clone(),
+            self.digest.clone(),
+            self.size,
+            start,
+            end,
+        )
+        .map_err(io::Error::other)?;
+        Ok(Box::new(stream))
+    }
+}
+
 /// A whole blob as a `Read`, resuming with a Range request from where it
 /// broke off when a connection fails, so a long download survives resets
 /// and token expiry. Reads stop at the descriptor's size.
@@ -228,15 +242,20 @@ pub struct BlobStream {
     digest: Digest,
     size: u64,
     pos: u64,
+    /// Where the stream stops (exclusive): the blob's size for a whole blob.
+    end: u64,
     body: Option<Box<dyn Read + Send>>,
     failures: u32,
 }
 
 impl BlobStream {
+    /// Streams bytes `start..end` of the blob (`0..size` for all of it).
     pub(super) fn open(
         transport: Arc<Transport>,
         digest: Digest,
         size: u64,
+        start: u64,
+        end: u64,
     ) -> Result<Self, RegistryError> {
         let url = blob_url(&transport, &digest)?;
         let mut stream = Self {
@@ -244,7 +263,8 @@ impl BlobStream {
             url,
             digest,
             size,
-            pos: 0,
+            pos: start,
+            end: end.min(size),
             body: None,
             failures: 0,
         };
@@ -255,14 +275,15 @@ impl BlobStream {
     fn reconnect(&mut self) -> Result<(), RegistryError> {
         let t = &self.transport;
         let what = format!("blob {}", self.digest);
-        let (pos, size) = (self.pos, self.size);
+        let (pos, end, size) = (self.pos, self.end, self.size);
         let body = t
             .with_retries(&what, || {
-                if pos == 0 {
+                if pos == 0 && end == size {
                     let resp = t.get(&self.url, HeaderMap::new(), &what)?;
                     Ok(Box::new(resp) as Box<dyn Read + Send>)
                 } else {
-                    get_from(t, &self.url, pos, None, size, &what).map(|(body, _)| body)
+                    let last = end.checked_sub(1).filter(|_| end < size);
+                    get_from(t, &self.url, pos, last, size, &what).map(|(body, _)| body)
                 }
             })
             .map_err(|e| map_blob_404(t, &self.digest, e))?;
@@ -279,7 +300,7 @@ impl BlobStream {
 impl Read for BlobStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            let want = clamp_len(self.size, self.pos, buf.len() as u64);
+            let want = clamp_len(self.end, self.pos, buf.len() as u64);
             if want == 0 {
                 return Ok(0);
             }
@@ -291,7 +312,7 @@ impl Read for BlobStream {
                 }
             };
             let failure = match body.read(&mut buf[..want]) {
-                Ok(0) => format!("body ended after {} of {} bytes", self.pos, self.size),
+                Ok(0) => format!("body ended at byte {} of {}", self.pos, self.end),
                 Ok(n) => {
                     self.pos += n as u64;
                     self.failures = 0;

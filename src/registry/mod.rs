@@ -234,7 +234,18 @@ impl RegistryClient {
     /// A sequential reader over a whole blob that resumes after a broken
     /// connection; the caller verifies what it reads.
     pub fn open_blob(&self, digest: &Digest, size: u64) -> Result<BlobStream, RegistryError> {
-        BlobStream::open(self.transport.clone(), digest.clone(), size)
+        BlobStream::open(self.transport.clone(), digest.clone(), size, 0, size)
+    }
+
+    /// Like [`RegistryClient::open_blob`], for bytes `start..end` only.
+    pub fn open_blob_range(
+        &self,
+        digest: &Digest,
+        size: u64,
+        start: u64,
+        end: u64,
+    ) -> Result<BlobStream, RegistryError> {
+        BlobStream::open(self.transport.clone(), digest.clone(), size, start, end)
     }
 
     /// Random access to a blob by Range requests.

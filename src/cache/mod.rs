@@ -2,9 +2,13 @@
 //! layer digest so layers shared between images are fetched and indexed once.
 //!
 //! Layout: `index/sha256/<hex>` (layer indexes), `blobs/sha256/<hex>`
-//! (verified compressed layers), `tmp/` (files being written; renamed into
-//! place only when complete, so a crash never leaves a partial file under a
-//! final name).
+//! (verified compressed layers), `chunks/sha256/<hex>` (a layer being
+//! fetched: the ranges read so far, see [`chunks`]), `tmp/` (files being
+//! written; renamed into place only when complete, so a crash never leaves a
+//! partial file under a final name).
+
+pub mod chunks;
+pub mod spans;
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -57,7 +61,7 @@ impl CacheDir {
 
     /// Opens (creating if needed) the cache at `root`.
     pub fn open(root: &Path) -> Result<Self, CacheError> {
-        for sub in ["index/sha256", "blobs/sha256", "tmp"] {
+        for sub in ["index/sha256", "blobs/sha256", "chunks/sha256", "tmp"] {
             let dir = root.join(sub);
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         }
@@ -83,6 +87,10 @@ impl CacheDir {
         self.root.join("blobs/sha256").join(layer.hex())
     }
 
+    pub fn chunks_path(&self, layer: &Digest) -> PathBuf {
+        self.root.join("chunks/sha256").join(layer.hex())
+    }
+
     /// A new file in `tmp/`, to be filled and then [`CacheDir::commit`]ted.
     pub fn temp_file(&self) -> Result<NamedTempFile, CacheError> {
         let dir = self.root.join("tmp");
@@ -97,6 +105,18 @@ impl CacheDir {
             source: e.error,
         })?;
         // The rename is durable only once the directory is synced.
+        if let Some(parent) = dest.parent() {
+            File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(parent))?;
+        }
+        Ok(())
+    }
+
+    /// Moves a complete, verified file (already synced) from elsewhere in
+    /// the cache to `dest`, durably.
+    pub fn adopt(&self, from: &Path, dest: &Path) -> Result<(), CacheError> {
+        fs::rename(from, dest).map_err(io_err(dest))?;
         if let Some(parent) = dest.parent() {
             File::open(parent)
                 .and_then(|d| d.sync_all())
