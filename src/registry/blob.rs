@@ -290,11 +290,6 @@ impl BlobStream {
         self.body = Some(body);
         Ok(())
     }
-
-    /// Bytes delivered so far.
-    pub fn position(&self) -> u64 {
-        self.pos
-    }
 }
 
 impl Read for BlobStream {
