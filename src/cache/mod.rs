@@ -3,7 +3,9 @@
 //!
 //! Layout: `index/sha256/<hex>` (layer indexes), `blobs/sha256/<hex>`
 //! (verified compressed layers), `chunks/sha256/<hex>` (a layer being
-//! fetched: the ranges read so far, see [`chunks`]), `tmp/` (files being
+//! fetched: the ranges read so far, see [`chunks`]), `files/sha256/<hex>/`
+//! (a ready layer's regular files, one per data offset, for passthrough
+//! reads), `tmp/` (files being
 //! written; renamed into place only when complete, so a crash never leaves a
 //! partial file under a final name).
 
@@ -61,7 +63,13 @@ impl CacheDir {
 
     /// Opens (creating if needed) the cache at `root`.
     pub fn open(root: &Path) -> Result<Self, CacheError> {
-        for sub in ["index/sha256", "blobs/sha256", "chunks/sha256", "tmp"] {
+        for sub in [
+            "index/sha256",
+            "blobs/sha256",
+            "chunks/sha256",
+            "files/sha256",
+            "tmp",
+        ] {
             let dir = root.join(sub);
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         }
@@ -85,6 +93,18 @@ impl CacheDir {
 
     pub fn blob_path(&self, layer: &Digest) -> PathBuf {
         self.root.join("blobs/sha256").join(layer.hex())
+    }
+
+    /// Where a ready layer's regular files are, each named by the offset of
+    /// its data in the uncompressed layer.
+    pub fn files_dir(&self, layer: &Digest) -> PathBuf {
+        self.root.join("files/sha256").join(layer.hex())
+    }
+
+    /// A new directory in `tmp/`, to be filled and renamed into place.
+    pub fn temp_dir(&self) -> Result<tempfile::TempDir, CacheError> {
+        let dir = self.root.join("tmp");
+        tempfile::TempDir::new_in(&dir).map_err(io_err(&dir))
     }
 
     pub fn chunks_path(&self, layer: &Digest) -> PathBuf {

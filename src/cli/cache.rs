@@ -123,9 +123,9 @@ fn ls(args: &CacheArgs) -> anyhow::Result<()> {
 fn prune(args: &PruneArgs) -> anyhow::Result<()> {
     let cache = args.cache.open()?;
     let doomed: &[&str] = if args.what.all {
-        &["blobs", "index", "tmp", "logs"]
+        &["blobs", "chunks", "files", "index", "tmp", "logs"]
     } else {
-        &["blobs", "tmp"]
+        &["blobs", "chunks", "files", "tmp"]
     };
     let mut freed = 0;
     for sub in doomed {

@@ -79,6 +79,10 @@ impl ContentReader for MountContent {
             .map_err(std::io::Error::other)
     }
 
+    fn local_file(&self, layer: usize, offset: u64) -> Option<PathBuf> {
+        self.layers.local_file(layer, offset)
+    }
+
     fn status(&self) -> String {
         let status = MountStatus {
             reference: self.reference.clone(),

@@ -3,6 +3,7 @@
 //! network never holds up `lookup`, `stat` or `readdir`.
 
 mod attr;
+mod passthrough;
 mod pool;
 
 use std::ffi::OsStr;
@@ -12,11 +13,12 @@ use std::time::Duration;
 
 use fuser::{
     Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 
 use crate::tree::{Node, NodeKind, Tree};
+use passthrough::BackingCache;
 use pool::Pool;
 
 /// The tree never changes, so the kernel may cache entries and attributes
@@ -30,6 +32,9 @@ pub const STATUS_XATTR: &str = "user.lazypull.status";
 /// of that layer's uncompressed tar.
 pub trait ContentReader: Send + Sync + 'static {
     fn read(&self, layer: usize, offset: u64, len: u64) -> std::io::Result<Vec<u8>>;
+    /// A local file holding exactly the data at `offset` of `layer`, once
+    /// there is one: opens of it are then passed through to the kernel.
+    fn local_file(&self, layer: usize, offset: u64) -> Option<std::path::PathBuf>;
     /// JSON answered for [`STATUS_XATTR`].
     fn status(&self) -> String;
 }
@@ -40,6 +45,9 @@ pub struct LazyFs {
     pool: Pool,
     /// Sum of file sizes, for statfs.
     total_bytes: u64,
+    /// Whether the kernel agreed to passthrough at init.
+    passthrough: bool,
+    backing: BackingCache,
 }
 
 impl LazyFs {
@@ -50,6 +58,8 @@ impl LazyFs {
             content,
             pool: Pool::new(workers),
             total_bytes,
+            passthrough: false,
+            backing: BackingCache::default(),
         }
     }
 
@@ -75,6 +85,10 @@ impl Filesystem for LazyFs {
         let _ = config
             .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
         let _ = config.set_max_readahead(1 << 20);
+        // Depth 1 leaves room for overlayfs on top (a container's rootfs).
+        self.passthrough = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok();
+        tracing::info!(passthrough = self.passthrough, "FUSE session initialised");
         Ok(())
     }
 
@@ -104,10 +118,45 @@ impl Filesystem for LazyFs {
         if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
             return reply.error(Errno::EROFS);
         }
-        match self.node(ino) {
-            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
-            Err(e) => reply.error(e),
+        let node = match self.node(ino) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let local = match &node.kind {
+            NodeKind::File(c) if self.passthrough && c.size > 0 => {
+                self.content.local_file(c.layer, c.offset)
+            }
+            _ => None,
+        };
+        if let Some(path) = local {
+            let opened = self.backing.open(ino.0, || {
+                let file = std::fs::File::open(&path)?;
+                reply.open_backing(&file)
+            });
+            match opened {
+                Ok((fh, id)) => {
+                    return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "passthrough open failed; reading through the daemon")
+                }
+            }
         }
+        reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE)
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.backing.release(ino.0, fh.into());
+        reply.ok();
     }
 
     fn read(

@@ -3,7 +3,10 @@
 //! and the background work that completes and verifies every layer before
 //! it is marked ready.
 
+mod extract;
+
 use std::io;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -56,6 +59,8 @@ struct Layer {
     source: RwLock<Option<Source>>,
     /// Compressed bytes fetched by the background download.
     downloaded: AtomicU64,
+    /// The layer's regular files, once extracted from the verified blob.
+    files: RwLock<Option<PathBuf>>,
 }
 
 /// Per-layer status, as `lazypull status` prints it.
@@ -104,12 +109,18 @@ impl Layers {
                     (State::Fetching, Source::Remote(Arc::new(chunks)))
                 }
             };
+            let files = if state == State::Ready {
+                extract::extracted(cache, &index)
+            } else {
+                None
+            };
             layers.push(Layer {
                 descriptor: descriptor.clone(),
                 index,
                 state: RwLock::new((state, None)),
                 source: RwLock::new(Some(source)),
                 downloaded: AtomicU64::new(0),
+                files: RwLock::new(files),
             });
         }
         Ok(Self {
@@ -174,9 +185,18 @@ impl Layers {
             .collect()
     }
 
+    /// The extracted file holding the data at `offset` of `layer`, once
+    /// there is one (reads of it may then bypass the daemon).
+    pub fn local_file(&self, layer: usize, offset: u64) -> Option<PathBuf> {
+        let l = self.layers.get(layer)?;
+        let files = l.files.read().unwrap_or_else(lock_err);
+        files.as_deref().map(|dir| extract::file_at(dir, offset))
+    }
+
     /// Completes and verifies, one after the other, every layer that is not
     /// local yet; each becomes ready (served from the verified local blob)
-    /// or failed (its reads give EIO from then on).
+    /// or failed (its reads give EIO from then on). Then writes out the
+    /// files of every ready layer, for passthrough reads.
     pub fn materialize(
         self: &Arc<Self>,
         cache: CacheDir,
@@ -193,7 +213,27 @@ impl Layers {
                     let result = layers.complete(layer, &chunks, &cache);
                     layers.finish(i, layer, &chunks, result, &cache);
                 }
+                for layer in &layers.layers {
+                    layers.extract_files(layer, &cache);
+                }
             })
+    }
+
+    /// Writes out a ready layer's files, unless that was done before.
+    fn extract_files(&self, layer: &Layer, cache: &CacheDir) {
+        let ready = layer.state.read().unwrap_or_else(lock_err).0 == State::Ready;
+        if !ready || layer.files.read().unwrap_or_else(lock_err).is_some() {
+            return;
+        }
+        let d = &layer.descriptor.digest;
+        match extract::extract(cache, &layer.index, &cache.blob_path(d)) {
+            Ok(dir) => {
+                tracing::info!(layer = %d, "layer files extracted; reads pass through");
+                *layer.files.write().unwrap_or_else(lock_err) = Some(dir);
+            }
+            // Reads keep going through the daemon: slower, still right.
+            Err(e) => tracing::warn!(layer = %d, error = %e, "cannot extract the layer's files"),
+        }
     }
 
     /// Fetches what lazy reads left out, then verifies the whole blob.
