@@ -2,7 +2,7 @@
 //! layer digest so layers shared between images are fetched and indexed once.
 //!
 //! Layout: `index/sha256/<hex>` (layer indexes), `blobs/sha256/<hex>`
-//! (verified compressed layers), `chunks/sha256/<hex>` (a layer being
+//! (verified compressed layers), `chunks/sha256/<hex>.<pid>` (a layer being
 //! fetched: the ranges read so far, see [`chunks`]), `files/sha256/<hex>/`
 //! (a ready layer's regular files, one per data offset, for passthrough
 //! reads), `tmp/` (files being
@@ -107,8 +107,12 @@ impl CacheDir {
         tempfile::TempDir::new_in(&dir).map_err(io_err(&dir))
     }
 
+    /// This process's chunk file for a layer: two mounts fetching the same
+    /// layer at once must not write into each other's file.
     pub fn chunks_path(&self, layer: &Digest) -> PathBuf {
-        self.root.join("chunks/sha256").join(layer.hex())
+        self.root
+            .join("chunks/sha256")
+            .join(format!("{}.{}", layer.hex(), std::process::id()))
     }
 
     /// A new file in `tmp/`, to be filled and then [`CacheDir::commit`]ted.
