@@ -57,7 +57,12 @@ impl IndexedImage {
 
     /// The merged tree; an error names the layer by digest.
     pub fn tree(&self) -> anyhow::Result<Tree> {
-        Tree::build(self.layers.iter().map(|(index, _)| index.entries.as_slice())).map_err(|e| {
+        Tree::build(
+            self.layers
+                .iter()
+                .map(|(index, _)| index.entries.as_slice()),
+        )
+        .map_err(|e| {
             let digest = self
                 .image
                 .layers

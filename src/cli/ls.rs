@@ -42,9 +42,13 @@ pub fn run(args: &LsArgs) -> anyhow::Result<()> {
     let image = IndexedImage::load(&args.registry, &args.cache, &args.reference, DEFAULT_SPAN)?;
     let tree = image.tree()?;
     let path = args.path.as_bytes();
-    let mut walk = tree
-        .walk_from(path)
-        .ok_or_else(|| anyhow::anyhow!("{}: no such file or directory in {}", args.path, image.image.reference))?;
+    let mut walk = tree.walk_from(path).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: no such file or directory in {}",
+            args.path,
+            image.image.reference
+        )
+    })?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if args.recursive {
         for (path, node) in walk {
@@ -147,7 +151,11 @@ fn format_time(secs: i64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}", rem / 3600, rem % 3600 / 60)
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60
+    )
 }
 
 #[cfg(test)]

@@ -134,7 +134,9 @@ mod tests {
         let mut header = ::tar::Header::new_gnu();
         header.set_size(5);
         header.set_mode(0o644);
-        builder.append_data(&mut header, "a/b.txt", &b"hello"[..]).unwrap();
+        builder
+            .append_data(&mut header, "a/b.txt", &b"hello"[..])
+            .unwrap();
         let tar = builder.into_inner().unwrap();
         let entries = read_entries(&mut tar.as_slice()).unwrap();
         let mut decoder = SeekingDecoder::new(tar.as_slice(), Compression::None, 1 << 20).unwrap();
@@ -153,7 +155,10 @@ mod tests {
         let cache = CacheDir::open(dir.path()).unwrap();
         let index = sample();
         index.store(&cache).unwrap();
-        assert_eq!(LayerIndex::load(&cache, &index.digest).unwrap(), Some(index));
+        assert_eq!(
+            LayerIndex::load(&cache, &index.digest).unwrap(),
+            Some(index)
+        );
     }
 
     #[test]
@@ -164,14 +169,23 @@ mod tests {
         let mut flipped = bytes.clone();
         let mid = flipped.len() / 2;
         flipped[mid] ^= 1;
-        assert!(matches!(LayerIndex::decode(&flipped, path), Err(IndexFileError::Damaged { .. })));
+        assert!(matches!(
+            LayerIndex::decode(&flipped, path),
+            Err(IndexFileError::Damaged { .. })
+        ));
         assert!(matches!(
             LayerIndex::decode(&bytes[..bytes.len() - 1], path),
             Err(IndexFileError::Damaged { .. })
         ));
-        assert!(matches!(LayerIndex::decode(b"garbage", path), Err(IndexFileError::NotAnIndex { .. })));
+        assert!(matches!(
+            LayerIndex::decode(b"garbage", path),
+            Err(IndexFileError::NotAnIndex { .. })
+        ));
         let mut newer = bytes.clone();
         newer[MAGIC.len()] = 9;
-        assert!(matches!(LayerIndex::decode(&newer, path), Err(IndexFileError::Version { found: 9, .. })));
+        assert!(matches!(
+            LayerIndex::decode(&newer, path),
+            Err(IndexFileError::Version { found: 9, .. })
+        ));
     }
 }

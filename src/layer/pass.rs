@@ -104,7 +104,12 @@ pub fn index_stream(
     Ok(index)
 }
 
-fn verify(expected: &Expected, digest: &Digest, size: u64, diff_id: &Digest) -> Result<(), LayerError> {
+fn verify(
+    expected: &Expected,
+    digest: &Digest,
+    size: u64,
+    diff_id: &Digest,
+) -> Result<(), LayerError> {
     if digest != expected.digest {
         return Err(LayerError::DigestMismatch {
             layer: expected.digest.clone(),

@@ -280,7 +280,10 @@ impl Tree {
     pub fn walk_from(&self, path: &[u8]) -> Option<Walk<'_>> {
         let node = self.resolve(path)?;
         let mut clean = Vec::new();
-        for c in path.split(|&b| b == b'/').filter(|c| !c.is_empty() && *c != b".") {
+        for c in path
+            .split(|&b| b == b'/')
+            .filter(|c| !c.is_empty() && *c != b".")
+        {
             clean.push(b'/');
             clean.extend_from_slice(c);
         }
@@ -312,7 +315,11 @@ impl<'a> Iterator for Walk<'a> {
 
     fn next(&mut self) -> Option<Self::Item> {
         if let Some((path, node)) = self.start.take() {
-            let prefix = if path == b"/" { Vec::new() } else { path.clone() };
+            let prefix = if path == b"/" {
+                Vec::new()
+            } else {
+                path.clone()
+            };
             self.stack
                 .push((prefix, node.children().unwrap_or_default(), 0));
             return Some((path, node));

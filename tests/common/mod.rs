@@ -7,7 +7,8 @@
 
 pub mod image;
 pub mod pki;
+pub mod proxy;
 pub mod registry;
 pub mod tarball;
 pub mod token;
-pub mod proxy;
+pub mod unpacked;
