@@ -8,8 +8,8 @@ mod common;
 use std::fs;
 use std::io::Cursor;
 use std::path::Path;
-use std::process::Command;
 
+use common::tarball::tool_layer;
 use common::unpacked::{self, Entry};
 
 use lazypull::digest::Digest;
@@ -312,30 +312,6 @@ fn special_files_modes_xattrs_and_long_names() {
     let tree = conform(&[layer.done()]);
     let names = paths_of(&tree);
     assert!(names.contains(&format!("/{pax_long}")) && names.contains(&format!("/{gnu_long}")));
-}
-
-fn tool_layer(script: &str) -> Vec<u8> {
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    fs::create_dir_all(src.join("dir/sub")).unwrap();
-    fs::write(src.join("dir/file"), b"file data").unwrap();
-    fs::write(src.join(format!("dir/{}", "n".repeat(120))), b"long").unwrap();
-    fs::hard_link(src.join("dir/file"), src.join("hard")).unwrap();
-    std::os::unix::fs::symlink("dir/file", src.join("sym")).unwrap();
-    fs::write(src.join("suid"), b"x").unwrap();
-    xattr::set(src.join("dir/file"), "user.origin", b"tool").unwrap();
-    xattr::set(src.join("dir"), "user.t", b"v").unwrap();
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "chmod 4755 suid && chmod 1777 dir/sub && mkfifo pipe && {script}"
-        ))
-        .current_dir(&src)
-        .env("OUT", tmp.path().join("layer.tar"))
-        .status()
-        .unwrap();
-    assert!(status.success(), "{script}");
-    fs::read(tmp.path().join("layer.tar")).unwrap()
 }
 
 #[test]

@@ -5,6 +5,7 @@
 //! Every test binary compiles this module and uses a different part of it.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod image;
 pub mod pki;
 pub mod proxy;

@@ -188,3 +188,25 @@ pub fn compare(expected: &[Entry], rootfs: &Path) {
     our_sets.sort();
     assert_eq!(our_sets, disk_sets, "inode sharing differs");
 }
+
+/// The reference for an image in a registry: `skopeo copy` it into an OCI layout under `dir`,
+/// then `umoci unpack` it there. Returns the rootfs.
+pub fn umoci_reference(host: &str, repo: &str, tag: &str, dir: &Path) -> PathBuf {
+    let layout = dir.join("layout");
+    fs::create_dir_all(dir).unwrap();
+    let out = Command::new("skopeo")
+        .args(["copy", "--insecure-policy", "--src-tls-verify=false"])
+        .arg(format!("docker://{host}/{repo}:{tag}"))
+        .arg(format!("oci:{}:{tag}", layout.display()))
+        .output()
+        .expect("skopeo runs");
+    assert!(
+        out.status.success(),
+        "skopeo copy {repo}:{tag}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    umoci_unpack(
+        &format!("{}:{tag}", layout.display()),
+        &dir.join(format!("bundle-{tag}")),
+    )
+}
