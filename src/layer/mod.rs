@@ -33,7 +33,7 @@ pub enum LayerError {
         source: std::io::Error,
     },
     #[error(
-        "layer {layer}: the registry served {size} bytes whose digest is {actual}: the blob is corrupt \
+        "layer {layer}: digest mismatch: its {size} bytes hash to {actual}, the blob is corrupt \
          (nothing of it was kept)"
     )]
     DigestMismatch {
