@@ -95,10 +95,24 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("lazypull: error: {e:#}");
+            eprintln!("lazypull: error: {}", describe(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and each of its causes, once: most errors here already say their source's message,
+/// which `{:#}` would repeat after them.
+fn describe(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 fn init_logging(verbose: u8) {
@@ -115,4 +129,24 @@ fn init_logging(verbose: u8) {
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("layer L: {source}")]
+    struct Embeds {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn causes_are_said_once() {
+        let io = || std::io::Error::other("stream cut short");
+        let embedded = anyhow::Error::new(Embeds { source: io() });
+        assert_eq!(describe(&embedded), "layer L: stream cut short");
+        let bare = anyhow::Error::new(io()).context("reading layer L");
+        assert_eq!(describe(&bare), "reading layer L: stream cut short");
+    }
 }
