@@ -147,7 +147,7 @@ fn wrong_diff_id_in_config_fails_and_keeps_nothing() {
             "app",
             tag,
             &[(blob.clone(), media_type)],
-            &[wrong.clone()],
+            std::slice::from_ref(&wrong),
         );
         let reference = format!("{}/app:{tag}", reg.host());
         let err = lazypull(cache.path(), &["ls", &reference]).error();

@@ -17,9 +17,11 @@ pub struct Run {
     pub stderr: String,
 }
 
-/// Runs `lazypull <args>` with the cache at `cache` and no cache from the environment.
+/// Runs `lazypull <args>` with the cache at `cache` and no cache from the environment, in the
+/// directory that holds the cache (so a test can check nothing lands next to it).
 pub fn lazypull(cache: &Path, args: &[&str]) -> Run {
     let out = Command::new(env!("CARGO_BIN_EXE_lazypull"))
+        .current_dir(cache.parent().expect("the cache has a parent"))
         .args(args)
         .arg("--cache-dir")
         .arg(cache)
