@@ -11,6 +11,7 @@ use common::cli::lazypull;
 use common::image::{
     Compression, Format, ImageSpec, OCI_CONFIG, OCI_MANIFEST, push_blob, push_image, push_manifest,
 };
+use common::proxy::FaultProxy;
 use common::registry::{TestRegistry, Variant};
 use common::tarball::TarBuilder;
 use lazypull::digest::Digest;
@@ -194,4 +195,40 @@ fn truncated_compressed_stream_is_a_clear_error() {
         );
         assert_cache_holds_only(cache.path(), &[]);
     }
+}
+
+#[test]
+fn corrupt_blob_in_the_cache_is_downloaded_again() {
+    let reg = TestRegistry::start(Variant::Plain);
+    let proxy = FaultProxy::start(&reg.base_url());
+    let cache = tempfile::tempdir().unwrap();
+    let spec = ImageSpec::new(vec![(layer_tar(5), Compression::Gzip)]);
+    let image = push_image(&reg, "app", "1", &spec);
+    let layer = &image.layers[0].digest;
+    let reference = format!("{}/app:1", proxy.host());
+    let listing = lazypull(cache.path(), &["ls", "-R", &reference]).ok();
+
+    // The index is gone and the blob kept in the cache has rotted on disk.
+    fs::remove_file(cache.path().join("index/sha256").join(layer.hex())).unwrap();
+    let blob = cache.path().join("blobs/sha256").join(layer.hex());
+    let mut bytes = fs::read(&blob).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    fs::write(&blob, &bytes).unwrap();
+    proxy.clear_log();
+
+    let run = lazypull(cache.path(), &["ls", "-R", &reference]);
+    assert!(
+        run.stderr.contains("corrupt") && run.stderr.contains(&layer.to_string()),
+        "warns about the cached blob: {}",
+        run.stderr
+    );
+    assert_eq!(run.ok(), listing);
+    assert_eq!(
+        proxy.requests("GET", &format!("/blobs/{layer}")).len(),
+        1,
+        "the layer is downloaded again"
+    );
+    assert_eq!(&Digest::of(&fs::read(&blob).unwrap()), layer);
+    assert_cache_holds_only(cache.path(), &[layer]);
 }
