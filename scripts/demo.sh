@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The main job on a built-in demo: start a local registry, build and push a small busybox
-# image to it, then look inside it with lazypull, without pulling it.
+# image to it, then look inside it, mount it and run a program from it with chroot.
 # Runs on a fresh Debian 12 machine as root; installs what it needs.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-packages=(docker-registry skopeo umoci busybox-static gcc libc6-dev ca-certificates)
+packages=(docker-registry skopeo umoci busybox-static fuse3 gcc libc6-dev ca-certificates)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -23,6 +23,7 @@ lazypull="$PWD/target/release/lazypull"
 work=$(mktemp -d /tmp/lazypull-demo.XXXXXX)
 registry_pid=""
 cleanup() {
+    mountpoint -q "$work/mnt" 2>/dev/null && "$lazypull" umount "$work/mnt"
     [ -n "$registry_pid" ] && kill "$registry_pid" 2>/dev/null && wait "$registry_pid" 2>/dev/null
     rm -rf "$work"
 }
@@ -67,8 +68,25 @@ skopeo copy --quiet --dest-tls-verify=false "oci:$work/layout:demo" "docker://$a
 echo "== lazypull inspect $addr/demo/busybox:1.0"
 "$lazypull" inspect "$addr/demo/busybox:1.0"
 
-if "$lazypull" ls --help >/dev/null 2>&1; then
-    echo "== lazypull ls -R $addr/demo/busybox:1.0 (the merged tree, from the layer index)"
-    "$lazypull" ls -R --cache-dir "$work/cache" "$addr/demo/busybox:1.0"
-fi
+echo "== lazypull ls -R $addr/demo/busybox:1.0 /etc (the merged tree, from the layer index)"
+"$lazypull" ls -R --cache-dir "$work/cache" "$addr/demo/busybox:1.0" /etc
+
+echo "== lazypull mount, then chroot into it"
+mkdir -p "$work/mnt"
+"$lazypull" mount --cache-dir "$work/cache" "$addr/demo/busybox:1.0" "$work/mnt"
+chroot "$work/mnt" /bin/sh -c 'cat /etc/motd; echo "busybox says: $(uname -s) $(ls /bin | wc -l) programs in /bin"'
+"$lazypull" status "$work/mnt"
+"$lazypull" umount "$work/mnt"
+
+echo "== the lazy path: drop the layer blobs (indexes stay), mount again, read on demand"
+"$lazypull" cache prune --blobs --cache-dir "$work/cache"
+"$lazypull" mount --cache-dir "$work/cache" "$addr/demo/busybox:1.0" "$work/mnt"
+"$lazypull" status "$work/mnt"
+chroot "$work/mnt" /bin/cat /etc/motd
+for _ in $(seq 50); do
+    "$lazypull" status --json "$work/mnt" | grep -Eq '"state": *"(fetching|verifying)"' || break
+    sleep 0.2
+done
+"$lazypull" status "$work/mnt"
+"$lazypull" umount "$work/mnt"
 echo "== done"

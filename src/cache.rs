@@ -66,6 +66,11 @@ impl CacheDir {
         })
     }
 
+    /// Recreates the layout after parts of it were removed.
+    pub fn reopen(&self) -> Result<Self, CacheError> {
+        Self::open(&self.root)
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }

@@ -11,7 +11,7 @@ use super::RegistryArgs;
 use crate::cache::CacheDir;
 use crate::layer::index::LayerIndex;
 use crate::layer::{Origin, ensure_indexes};
-use crate::registry::ResolvedImage;
+use crate::registry::{RegistryClient, ResolvedImage};
 use crate::tree::Tree;
 
 #[derive(Args, Clone, Debug)]
@@ -30,6 +30,7 @@ impl CacheArgs {
 }
 
 pub struct IndexedImage {
+    pub client: RegistryClient,
     pub image: ResolvedImage,
     pub cache: CacheDir,
     pub layers: Vec<(LayerIndex, Origin)>,
@@ -50,6 +51,7 @@ impl IndexedImage {
         bars.clear();
         Ok(Self {
             layers: layers?,
+            client,
             image,
             cache,
         })

@@ -1,9 +1,11 @@
 //! The command line: the only place that uses `anyhow`.
 
+mod cache;
 mod index;
 mod inspect;
 mod layers;
 mod ls;
+mod mount;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -35,6 +37,10 @@ enum Command {
     Inspect(inspect::InspectArgs),
     Ls(ls::LsArgs),
     Index(index::IndexArgs),
+    Mount(mount::MountArgs),
+    Umount(mount::UmountArgs),
+    Status(mount::StatusArgs),
+    Cache(cache::CacheCommand),
 }
 
 /// How to reach the registry: shared by every command that does.
@@ -91,28 +97,33 @@ pub fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(&args),
         Command::Ls(args) => ls::run(&args),
         Command::Index(args) => index::run(&args),
+        Command::Mount(args) => mount::run(&args),
+        Command::Umount(args) => mount::umount(&args),
+        Command::Status(args) => mount::status(&args),
+        Command::Cache(args) => cache::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("lazypull: error: {}", describe(&e));
+            eprintln!("lazypull: error: {}", error_message(&e));
             ExitCode::FAILURE
         }
     }
 }
 
-/// The error and each of its causes, once: most errors here already say their source's message,
-/// which `{:#}` would repeat after them.
-fn describe(e: &anyhow::Error) -> String {
-    let mut text = e.to_string();
+/// The error and its causes on one line. Our errors already name their
+/// source in their own message, so a cause is added only when it says
+/// something new (`{:#}` would repeat it).
+fn error_message(e: &anyhow::Error) -> String {
+    let mut message = e.to_string();
     for cause in e.chain().skip(1) {
-        let cause = cause.to_string();
-        if !text.contains(&cause) {
-            text.push_str(": ");
-            text.push_str(&cause);
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
         }
     }
-    text
+    message
 }
 
 fn init_logging(verbose: u8) {
@@ -135,18 +146,12 @@ fn init_logging(verbose: u8) {
 mod tests {
     use super::*;
 
-    #[derive(Debug, thiserror::Error)]
-    #[error("layer L: {source}")]
-    struct Embeds {
-        source: std::io::Error,
-    }
-
     #[test]
-    fn causes_are_said_once() {
-        let io = || std::io::Error::other("stream cut short");
-        let embedded = anyhow::Error::new(Embeds { source: io() });
-        assert_eq!(describe(&embedded), "layer L: stream cut short");
-        let bare = anyhow::Error::new(io()).context("reading layer L");
-        assert_eq!(describe(&bare), "reading layer L: stream cut short");
+    fn error_message_names_each_cause_once() {
+        let e = anyhow::Error::from("x/y@sha256:abc".parse::<Reference>().unwrap_err());
+        let message = error_message(&e);
+        assert_eq!(message.matches("invalid digest").count(), 1, "{message}");
+        let e = anyhow::Error::from(std::io::Error::other("disk on fire")).context("writing");
+        assert_eq!(error_message(&e), "writing: disk on fire");
     }
 }

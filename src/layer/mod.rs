@@ -126,6 +126,24 @@ pub fn ensure_index(
     Ok((index, Origin::Registry))
 }
 
+/// Downloads a layer whose index is already known (the lazy path's
+/// background fetch): the same verified pass, keeping the blob.
+pub fn download_layer(
+    source: impl std::io::Read,
+    layer: &LayerDescriptor,
+    index: &LayerIndex,
+    cache: &CacheDir,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<(), LayerError> {
+    let expected = Expected {
+        digest: &layer.digest,
+        diff_id: &layer.diff_id,
+        size: layer.size,
+        compression: index.seek.compression,
+    };
+    index_stream(source, &expected, cache, index.seek.span, true, progress).map(|_| ())
+}
+
 /// The indexes of every layer of an image, bottom first, built in parallel
 /// where needed. `progress(layer, bytes)` reports bytes read per layer.
 pub fn ensure_indexes(

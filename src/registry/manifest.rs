@@ -41,8 +41,6 @@ pub fn parse(
 ) -> Result<(Manifest, String), RegistryError> {
     #[derive(serde::Deserialize)]
     struct Probe {
-        #[serde(rename = "schemaVersion")]
-        schema_version: Option<u32>,
         #[serde(rename = "mediaType")]
         media_type: Option<String>,
         manifests: Option<serde_json::Value>,
@@ -54,9 +52,7 @@ pub fn parse(
     };
     let probe: Probe = serde_json::from_slice(body).map_err(|e| invalid(e.to_string()))?;
     let header_type = content_type.split(';').next().unwrap_or("").trim();
-    if probe.schema_version == Some(1)
-        || [DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED].contains(&header_type)
-    {
+    if is_schema1(body, content_type) {
         return Err(RegistryError::Schema1 {
             reference: reference.to_string(),
         });
@@ -86,6 +82,19 @@ pub fn parse(
         }
     };
     Ok((manifest, media_type))
+}
+
+/// Whether a manifest is Docker schema 1, by its Content-Type or its
+/// `schemaVersion`.
+pub fn is_schema1(body: &[u8], content_type: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Version {
+        #[serde(rename = "schemaVersion")]
+        schema_version: Option<u32>,
+    }
+    let header_type = content_type.split(';').next().unwrap_or("").trim();
+    [DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED].contains(&header_type)
+        || serde_json::from_slice::<Version>(body).is_ok_and(|v| v.schema_version == Some(1))
 }
 
 /// `os/architecture[/variant]`, as `--platform` takes it.

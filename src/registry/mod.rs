@@ -184,6 +184,13 @@ impl RegistryClient {
                 Ok((body, content_type, header_digest))
             })
             .map_err(|e| self.not_found(e, key, by_digest.is_some()))?;
+        // A signed schema 1 manifest's digest covers its payload without the
+        // signatures, so its body never matches: say what it is instead.
+        if manifest::is_schema1(&body, &content_type) {
+            return Err(RegistryError::Schema1 {
+                reference: self.reference.to_string(),
+            });
+        }
         let actual = Digest::of(&body);
         let expected = match by_digest {
             Some(d) => Some(d),
@@ -253,6 +260,20 @@ impl RegistryClient {
         }
     }
 
+    /// Whether the registry says the repository does not exist. Distribution
+    /// answers MANIFEST_UNKNOWN for any manifest of a missing repository;
+    /// only its tag list says NAME_UNKNOWN.
+    fn repository_unknown(&self) -> bool {
+        let t = &self.transport;
+        let Ok(url) = t.url(&format!("v2/{}/tags/list", t.repository())) else {
+            return false;
+        };
+        matches!(
+            t.get(&url, HeaderMap::new(), "tag list"),
+            Err(RegistryError::Http { status: 404, detail, .. }) if detail.contains("NAME_UNKNOWN")
+        )
+    }
+
     /// Turns a 404 for a manifest into the error a user can act on.
     fn not_found(&self, e: RegistryError, key: &str, by_digest: bool) -> RegistryError {
         let RegistryError::Http {
@@ -265,7 +286,7 @@ impl RegistryClient {
         };
         let host = self.reference.registry.clone();
         let repository = self.reference.repository.clone();
-        if detail.contains("NAME_UNKNOWN") {
+        if detail.contains("NAME_UNKNOWN") || self.repository_unknown() {
             RegistryError::RepositoryNotFound { host, repository }
         } else if by_digest {
             RegistryError::ManifestNotFound {

@@ -1,0 +1,348 @@
+//! `lazypull mount`, `umount` and `status`.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use fuser::{Config, MountOption, SessionACL};
+use serde::{Deserialize, Serialize};
+
+use super::RegistryArgs;
+use super::layers::{CacheArgs, IndexedImage};
+use crate::fs::{ContentReader, LazyFs, STATUS_XATTR, unmount};
+use crate::layer::seek::DEFAULT_SPAN;
+use crate::materialize::{LayerStatus, Layers};
+
+/// Set in the daemon's environment: the pipe on which it reports that the
+/// mount is up (or why it is not).
+const READY_FD_ENV: &str = "LAZYPULL_READY_FD";
+const READ_WORKERS: usize = 16;
+const FUSE_THREADS: usize = 4;
+
+#[derive(Args)]
+#[command(
+    about = "Mount an image read-only, fetching file contents on first read and verifying every layer in the background",
+    after_help = "Examples:\n  lazypull mount localhost:5000/team/app:1.4 /mnt\n  chroot /mnt /bin/sh -c 'cat /etc/os-release'\n  \
+                  lazypull status /mnt\n  lazypull umount /mnt"
+)]
+pub struct MountArgs {
+    #[command(flatten)]
+    registry: RegistryArgs,
+
+    #[command(flatten)]
+    cache: CacheArgs,
+
+    /// Stay attached (logs on stderr) instead of going to the background.
+    #[arg(long)]
+    foreground: bool,
+
+    /// Let other users (and container runtimes) use the mount.
+    #[arg(long)]
+    allow_other: bool,
+
+    /// Memory for inflated layer spans, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 256)]
+    memory_cache: u64,
+
+    /// Image reference: [REGISTRY/]NAME[:TAG][@DIGEST]
+    reference: String,
+
+    /// An existing directory to mount the image on.
+    mountpoint: PathBuf,
+}
+
+/// What `status` reads from the mount.
+#[derive(Serialize, Deserialize)]
+struct MountStatus {
+    reference: String,
+    digest: String,
+    pid: u32,
+    layers: Vec<LayerStatusOut>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct LayerStatusOut {
+    digest: String,
+    diff_id: String,
+    state: String,
+    bytes_fetched: u64,
+    size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+impl From<LayerStatus> for LayerStatusOut {
+    fn from(s: LayerStatus) -> Self {
+        Self {
+            digest: s.digest,
+            diff_id: s.diff_id,
+            state: serde_json::to_value(&s.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            bytes_fetched: s.bytes_fetched,
+            size: s.size,
+            error: s.error,
+        }
+    }
+}
+
+struct MountContent {
+    layers: Arc<Layers>,
+    reference: String,
+    digest: String,
+}
+
+impl ContentReader for MountContent {
+    fn read(&self, layer: usize, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
+        self.layers.read(layer, offset, len).map_err(std::io::Error::other)
+    }
+
+    fn status(&self) -> String {
+        let status = MountStatus {
+            reference: self.reference.clone(),
+            digest: self.digest.clone(),
+            pid: std::process::id(),
+            layers: self.layers.status().into_iter().map(Into::into).collect(),
+        };
+        serde_json::to_string(&status).unwrap_or_default()
+    }
+}
+
+pub fn run(args: &MountArgs) -> anyhow::Result<()> {
+    if !args.mountpoint.is_dir() {
+        bail!("mount point {} is not an existing directory", args.mountpoint.display());
+    }
+    let ready = ready_pipe();
+    if args.foreground || ready.is_some() {
+        let result = serve(args, ready);
+        return result;
+    }
+    spawn_daemon(args)
+}
+
+/// The write end of the readiness pipe, when we are the daemon.
+fn ready_pipe() -> Option<File> {
+    let fd: i32 = std::env::var(READY_FD_ENV).ok()?.parse().ok()?;
+    // SAFETY: the parent passed us this descriptor and nothing else owns it.
+    Some(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// Starts `lazypull mount --foreground` detached, with its output in a log
+/// file, and waits until it says the mount is up or why it is not.
+fn spawn_daemon(args: &MountArgs) -> anyhow::Result<()> {
+    let cache = args.cache.open()?;
+    let logs = cache.root().join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    let log_path = logs.join(format!(
+        "mount-{}.log",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+    ));
+    let log = File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    let mut fds = [0i32; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("creating a pipe");
+    }
+    // SAFETY: pipe2 just created these and nothing else owns them.
+    let (mut read_end, write_end) = unsafe { (File::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let write_fd = fds[1];
+    let mut cmd = Command::new(std::env::current_exe().context("finding the lazypull binary")?);
+    cmd.args(std::env::args_os().skip(1))
+        .env(READY_FD_ENV, write_fd.to_string())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::setsid();
+            // Keep the write end open across exec (it was made CLOEXEC).
+            if libc::fcntl(write_fd, libc::F_SETFD, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("starting the mount daemon")?;
+    drop(write_end);
+    let mut answer = String::new();
+    read_end.read_to_string(&mut answer).context("waiting for the mount daemon")?;
+    match answer.strip_prefix("ok") {
+        Some(_) => {
+            println!(
+                "mounted {} at {} (daemon pid {}, log {})",
+                args.reference,
+                args.mountpoint.display(),
+                child.id(),
+                log_path.display()
+            );
+            Ok(())
+        }
+        None => {
+            let _ = child.wait();
+            let reason = answer.trim().strip_prefix("error: ").unwrap_or(answer.trim());
+            if reason.is_empty() {
+                bail!("the mount daemon exited without mounting; see {}", log_path.display());
+            }
+            bail!("{reason}")
+        }
+    }
+}
+
+/// Mounts and serves until unmounted or signalled.
+fn serve(args: &MountArgs, mut ready: Option<File>) -> anyhow::Result<()> {
+    let result = start(args);
+    let session = match result {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(pipe) = ready.as_mut() {
+                let _ = write!(pipe, "error: {}", super::error_message(&e));
+            }
+            return Err(e);
+        }
+    };
+    let mountpoint = args.mountpoint.clone();
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
+        .context("installing signal handlers")?;
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            tracing::info!(signal, "unmounting on signal");
+            if let Err(e) = unmount(&mountpoint) {
+                tracing::error!(error = %e, "cannot unmount on signal");
+            }
+        }
+    });
+    if let Some(mut pipe) = ready.take() {
+        let _ = pipe.write_all(b"ok");
+    } else {
+        eprintln!("mounted {} at {}", args.reference, args.mountpoint.display());
+    }
+    session.run().context("serving the mount")?;
+    tracing::info!("unmounted");
+    Ok(())
+}
+
+fn start(args: &MountArgs) -> anyhow::Result<fuser::Session<LazyFs>> {
+    let image = IndexedImage::load(&args.registry, &args.cache, &args.reference, DEFAULT_SPAN)?;
+    let tree = image.tree()?;
+    let indexes = image.layers.into_iter().map(|(index, _)| index).collect();
+    let layers = Arc::new(Layers::new(
+        &image.client,
+        &image.cache,
+        &image.image.layers,
+        indexes,
+        args.memory_cache << 20,
+    ));
+    layers.materialize(image.client.clone(), image.cache);
+    let content = MountContent {
+        layers,
+        reference: image.image.reference.clone(),
+        digest: image.image.digest.to_string(),
+    };
+    let fs = LazyFs::new(tree, Arc::new(content), READ_WORKERS);
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(image.image.reference.clone()),
+        MountOption::Subtype("lazypull".into()),
+        MountOption::RO,
+        MountOption::DefaultPermissions,
+        MountOption::Dev,
+        MountOption::Suid,
+    ];
+    if args.allow_other {
+        config.acl = SessionACL::All;
+    }
+    config.n_threads = Some(FUSE_THREADS);
+    config.clone_fd = true;
+    fuser::Session::new(fs, &args.mountpoint, &config)
+        .with_context(|| format!("mounting on {}", args.mountpoint.display()))
+}
+
+#[derive(Args)]
+#[command(
+    about = "Unmount a lazypull mount (also when its daemon has died)",
+    after_help = "Example:\n  lazypull umount /mnt"
+)]
+pub struct UmountArgs {
+    mountpoint: PathBuf,
+}
+
+pub fn umount(args: &UmountArgs) -> anyhow::Result<()> {
+    let pid = read_status(&args.mountpoint).ok().map(|s| s.pid);
+    unmount(&args.mountpoint).with_context(|| format!("unmounting {}", args.mountpoint.display()))?;
+    if let Some(pid) = pid {
+        wait_for_exit(pid);
+    }
+    Ok(())
+}
+
+/// Waits (a few seconds at most) for the daemon to finish and exit.
+fn wait_for_exit(pid: u32) {
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    for _ in 0..100 {
+        if !proc.exists() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    tracing::warn!(pid, "the mount daemon is still running after unmount");
+}
+
+#[derive(Args)]
+#[command(
+    about = "Show the image and the state of each layer of a mount",
+    after_help = "Examples:\n  lazypull status /mnt\n  lazypull status --json /mnt | jq '.layers[].state'"
+)]
+pub struct StatusArgs {
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+
+    mountpoint: PathBuf,
+}
+
+fn read_status(mountpoint: &Path) -> anyhow::Result<MountStatus> {
+    let value = match xattr::get(mountpoint, STATUS_XATTR) {
+        Ok(Some(v)) => v,
+        Ok(None) => bail!("{} is not a lazypull mount", mountpoint.display()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => bail!(
+            "the lazypull daemon of {} is not running any more: run `lazypull umount {}`",
+            mountpoint.display(),
+            mountpoint.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("reading the status of {}", mountpoint.display())),
+    };
+    serde_json::from_slice(&value).with_context(|| format!("{} answered an unreadable status", mountpoint.display()))
+}
+
+pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
+    let status = read_status(&args.mountpoint)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    println!("Reference: {}", status.reference);
+    println!("Digest:    {}", status.digest);
+    println!("Daemon:    pid {}", status.pid);
+    println!("{:<19} {:>10} {:>21}  ERROR", "LAYER", "STATE", "FETCHED");
+    for layer in &status.layers {
+        println!(
+            "{:<19} {:>10} {:>21}  {}",
+            &layer.digest[..layer.digest.len().min(19)],
+            layer.state,
+            format!("{}/{}", layer.bytes_fetched, layer.size),
+            layer.error.as_deref().unwrap_or("")
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,273 @@
+//! The FUSE filesystem: the merged tree, read-only, with file contents read
+//! through [`ContentReader`] on worker threads so that a read waiting on the
+//! network never holds up `lookup`, `stat` or `readdir`.
+
+mod attr;
+mod pool;
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{
+    Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+};
+
+use crate::tree::{Node, NodeKind, Tree};
+use pool::Pool;
+
+/// The tree never changes, so the kernel may cache entries and attributes
+/// for as long as it likes.
+const TTL: Duration = Duration::from_secs(24 * 3600);
+/// The name of the root's extended attribute that carries the mount's
+/// status (as JSON); it is not listed by `listxattr`.
+pub const STATUS_XATTR: &str = "user.lazypull.status";
+
+/// How the filesystem reads file contents: a layer number and a byte range
+/// of that layer's uncompressed tar.
+pub trait ContentReader: Send + Sync + 'static {
+    fn read(&self, layer: usize, offset: u64, len: u64) -> std::io::Result<Vec<u8>>;
+    /// JSON answered for [`STATUS_XATTR`].
+    fn status(&self) -> String;
+}
+
+pub struct LazyFs {
+    tree: Arc<Tree>,
+    content: Arc<dyn ContentReader>,
+    pool: Pool,
+    /// Sum of file sizes, for statfs.
+    total_bytes: u64,
+}
+
+impl LazyFs {
+    pub fn new(tree: Tree, content: Arc<dyn ContentReader>, workers: usize) -> Self {
+        let total_bytes = tree.walk().map(|(_, n)| n.size()).sum();
+        Self {
+            tree: Arc::new(tree),
+            content,
+            pool: Pool::new(workers),
+            total_bytes,
+        }
+    }
+
+    fn node(&self, ino: INodeNo) -> Result<&Node, Errno> {
+        self.tree.get(ino.0).ok_or(Errno::ENOENT)
+    }
+}
+
+/// Answers an xattr request: the size when asked for it, else the bytes.
+fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if value.len() > size as usize {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(value);
+    }
+}
+
+impl Filesystem for LazyFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Optional speedups: a kernel without them still works.
+        let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
+        let _ = config.set_max_readahead(1 << 20);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.tree.lookup(parent.0, name.as_bytes()) {
+            Some(node) => reply.entry(&TTL, &attr::attr(node), Generation(0)),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.node(ino) {
+            Ok(node) => reply.attr(&TTL, &attr::attr(node)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.node(ino).map(Node::link) {
+            Ok(Some(target)) => reply.data(target),
+            Ok(None) => reply.error(Errno::EINVAL),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
+            return reply.error(Errno::EROFS);
+        }
+        match self.node(ino) {
+            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let content = match self.node(ino) {
+            Ok(node) => match &node.kind {
+                NodeKind::File(content) => *content,
+                NodeKind::Dir(_) => return reply.error(Errno::EISDIR),
+                _ => return reply.error(Errno::EINVAL),
+            },
+            Err(e) => return reply.error(e),
+        };
+        if offset >= content.size {
+            return reply.data(&[]);
+        }
+        let len = u64::from(size).min(content.size - offset);
+        let reader = Arc::clone(&self.content);
+        self.pool.run(move || match reader.read(content.layer, content.offset + offset, len) {
+            Ok(bytes) if bytes.len() as u64 == len => reply.data(&bytes),
+            Ok(bytes) => {
+                tracing::error!(ino = ino.0, offset, want = len, got = bytes.len(), "short read from layer");
+                reply.error(Errno::EIO);
+            }
+            Err(e) => {
+                tracing::warn!(ino = ino.0, offset, error = %e, "read failed");
+                reply.error(Errno::EIO);
+            }
+        });
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let node = match self.node(ino) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let Some(children) = node.children() else {
+            return reply.error(Errno::ENOTDIR);
+        };
+        let dots = [(node.ino, &b"."[..]), (node.parent, &b".."[..])];
+        let entries = dots
+            .into_iter()
+            .map(|(ino, name)| (ino, name, fuser::FileType::Directory))
+            .chain(children.iter().filter_map(|c| {
+                let kid = self.tree.get(c.ino)?;
+                Some((c.ino, c.name.as_slice(), attr::file_type(&kid.kind)))
+            }));
+        for (i, (ino, name, kind)) in entries.enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(ino), i as u64 + 1, kind, OsStr::from_bytes(name)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let node = match self.node(ino) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        let Some(children) = node.children() else {
+            return reply.error(Errno::ENOTDIR);
+        };
+        let parent = self.tree.get(node.parent).unwrap_or(node);
+        let dots = [(node, &b"."[..]), (parent, &b".."[..])];
+        let entries = dots.into_iter().chain(
+            children
+                .iter()
+                .filter_map(|c| Some((self.tree.get(c.ino)?, c.name.as_slice()))),
+        );
+        for (i, (kid, name)) in entries.enumerate().skip(offset as usize) {
+            let full = reply.add(
+                INodeNo(kid.ino),
+                i as u64 + 1,
+                OsStr::from_bytes(name),
+                &TTL,
+                &attr::attr(kid),
+                Generation(0),
+            );
+            if full {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let files = self.tree.len() as u64;
+        reply.statfs(self.total_bytes.div_ceil(4096), 0, 0, files, 0, 4096, 255, 4096);
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let node = match self.node(ino) {
+            Ok(n) => n,
+            Err(e) => return reply.error(e),
+        };
+        if ino == INodeNo::ROOT && name.as_bytes() == STATUS_XATTR.as_bytes() {
+            return reply_xattr(reply, size, self.content.status().as_bytes());
+        }
+        match name.to_str().and_then(|n| node.xattrs.get(n)) {
+            Some(value) => reply_xattr(reply, size, value),
+            None => reply.error(Errno::NO_XATTR),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.node(ino) {
+            Ok(node) => {
+                let mut names = Vec::new();
+                for name in node.xattrs.keys() {
+                    names.extend_from_slice(name.as_bytes());
+                    names.push(0);
+                }
+                reply_xattr(reply, size, &names);
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+}
+
+/// Detaches the filesystem at `mountpoint`, also when its daemon has died
+/// (the kernel then answers ENOTCONN for everything below it).
+pub fn unmount(mountpoint: &std::path::Path) -> std::io::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        let status = std::process::Command::new("fusermount3")
+            .arg("-u")
+            .arg(mountpoint)
+            .status()?;
+        return if status.success() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(format!("fusermount3 -u failed ({status})")))
+        };
+    }
+    let path = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: `path` is a valid NUL-terminated string for the call's duration.
+    if unsafe { libc::umount2(path.as_ptr(), 0) } == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EBUSY) {
+        return Err(std::io::Error::other(
+            "the mount is busy (a process has files open or its working directory in it)",
+        ));
+    }
+    Err(err)
+}

@@ -1,0 +1,96 @@
+//! Inflated spans of layers in a bounded memory LRU, so that sequential
+//! reads of a compressed layer inflate each span once, and concurrent
+//! readers of one span wait for a single inflate (and a single fetch).
+
+use std::io;
+use std::sync::Arc;
+
+use quick_cache::Weighter;
+use quick_cache::sync::Cache;
+
+use crate::blob::BlobReader;
+use crate::layer::seek::{Compression, SeekIndex, read_at};
+
+/// Span of an uncompressed layer, which has no seek points of its own.
+const PLAIN_SPAN: u64 = 4 << 20;
+/// Larger spans (a single-frame zstd layer) are read directly, uncached.
+const MAX_CACHED_SPAN: u64 = 64 << 20;
+
+#[derive(Clone)]
+struct ByLen;
+
+impl Weighter<(usize, u64), Arc<Vec<u8>>> for ByLen {
+    fn weight(&self, _key: &(usize, u64), val: &Arc<Vec<u8>>) -> u64 {
+        (val.len() as u64).max(1)
+    }
+}
+
+pub struct SpanCache {
+    cache: Cache<(usize, u64), Arc<Vec<u8>>, ByLen>,
+}
+
+impl SpanCache {
+    pub fn new(memory_bytes: u64) -> Self {
+        Self {
+            cache: Cache::with_weighter(256, memory_bytes.max(1), ByLen),
+        }
+    }
+
+    /// `len` bytes at `offset` of the uncompressed layer, through the cache.
+    pub fn read(
+        &self,
+        layer: usize,
+        blob: &dyn BlobReader,
+        seek: &SeekIndex,
+        offset: u64,
+        len: u64,
+    ) -> io::Result<Vec<u8>> {
+        let end = offset.saturating_add(len).min(seek.uncompressed_size);
+        let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
+        let mut pos = offset;
+        while pos < end {
+            let (start, span_end) = span_of(seek, pos);
+            if span_end - start > MAX_CACHED_SPAN {
+                let bytes = read_at(blob, seek, pos, end - pos).map_err(io::Error::other)?;
+                out.extend_from_slice(&bytes);
+                break;
+            }
+            let span = self.cache.get_or_insert_with(&(layer, start), || {
+                read_at(blob, seek, start, span_end - start)
+                    .map(Arc::new)
+                    .map_err(io::Error::other)
+            })?;
+            let from = (pos - start) as usize;
+            let to = (end.min(span_end) - start) as usize;
+            if from >= span.len() || to > span.len() {
+                return Err(io::Error::other("layer ended before its index said"));
+            }
+            out.extend_from_slice(&span[from..to]);
+            pos = start + to as u64;
+        }
+        Ok(out)
+    }
+
+    /// Drops every span of `layer` (its source changed).
+    pub fn forget_layer(&self, layer: usize) {
+        self.cache.retain(|(l, _), _| *l != layer);
+    }
+}
+
+/// The uncompressed range `[start, end)` of the span holding `offset`.
+fn span_of(seek: &SeekIndex, offset: u64) -> (u64, u64) {
+    if seek.compression == Compression::None || seek.points.is_empty() {
+        let start = offset / PLAIN_SPAN * PLAIN_SPAN;
+        return (start, (start + PLAIN_SPAN).min(seek.uncompressed_size));
+    }
+    let i = seek
+        .points
+        .partition_point(|p| p.uncompressed_offset <= offset)
+        .saturating_sub(1);
+    let start = seek.points[i].uncompressed_offset;
+    let end = seek
+        .points
+        .get(i + 1)
+        .map_or(seek.uncompressed_size, |p| p.uncompressed_offset);
+    (start, end)
+}
