@@ -3,13 +3,14 @@
 //! path by path: type, mode, owner, size, content, link target, rdev, xattrs, nlink, mtime and
 //! which paths share an inode.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+mod common;
+
 use std::fs;
 use std::io::Cursor;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
-use std::process::Command;
+
+use common::tarball::tool_layer;
+use common::unpacked::{self, Entry};
 
 use lazypull::digest::Digest;
 use lazypull::layer::tar::read_entries;
@@ -93,7 +94,7 @@ fn put_blob(layout: &Path, data: &[u8]) -> (String, usize) {
 }
 
 /// Writes an OCI layout with uncompressed layers and unpacks it with umoci; returns the rootfs.
-fn umoci_unpack(dir: &Path, layers: &[Vec<u8>]) -> std::path::PathBuf {
+fn umoci_unpack_layers(dir: &Path, layers: &[Vec<u8>]) -> std::path::PathBuf {
     let layout = dir.join("layout");
     fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
     fs::write(
@@ -124,38 +125,7 @@ fn umoci_unpack(dir: &Path, layers: &[Vec<u8>]) -> std::path::PathBuf {
                        "annotations": {"org.opencontainers.image.ref.name": "t"}}],
     });
     fs::write(layout.join("index.json"), index.to_string()).unwrap();
-    let bundle = dir.join("bundle");
-    // umoci creates missing parents with mkdir 0777 minus the umask: pin the usual one.
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg("umask 022 && exec umoci unpack --image \"$1:t\" \"$2\"")
-        .arg("sh")
-        .arg(&layout)
-        .arg(&bundle)
-        .output()
-        .expect("umoci runs");
-    assert!(
-        out.status.success(),
-        "umoci: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    bundle.join("rootfs")
-}
-
-fn disk_paths(root: &Path, rel: &str, out: &mut Vec<String>) {
-    let mut names: Vec<_> = fs::read_dir(root.join(rel.trim_start_matches('/')))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-    for name in names {
-        let path = format!("{}/{}", rel.trim_end_matches('/'), name.to_str().unwrap());
-        out.push(path.clone());
-        let meta = fs::symlink_metadata(root.join(path.trim_start_matches('/'))).unwrap();
-        if meta.is_dir() {
-            disk_paths(root, &path, out);
-        }
-    }
+    unpacked::umoci_unpack(&format!("{}:t", layout.display()), &dir.join("bundle"))
 }
 
 fn kind_name(node: &Node) -> &'static str {
@@ -169,33 +139,25 @@ fn kind_name(node: &Node) -> &'static str {
     }
 }
 
-fn disk_kind(ft: fs::FileType) -> &'static str {
-    match () {
-        _ if ft.is_file() => "file",
-        _ if ft.is_dir() => "dir",
-        _ if ft.is_symlink() => "symlink",
-        _ if ft.is_char_device() => "char",
-        _ if ft.is_block_device() => "block",
-        _ if ft.is_fifo() => "fifo",
-        _ => "socket",
-    }
-}
-
-/// glibc's split of a dev_t.
-fn major_minor(dev: u64) -> (u32, u32) {
-    let major = ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0xfff);
-    let minor = ((dev >> 12) & 0xffff_ff00) | (dev & 0xff);
-    (major as u32, minor as u32)
-}
-
-fn disk_xattrs(path: &Path) -> BTreeMap<String, Vec<u8>> {
-    xattr::list(path)
-        .unwrap()
-        .map(|n| n.to_str().unwrap().to_string())
-        .filter(|n| !n.starts_with("trusted.") && n != "security.selinux")
-        .map(|n| {
-            let v = xattr::get(path, &n).unwrap().unwrap_or_default();
-            (n, v)
+/// The tree as the shared comparison takes it; file contents come from the layer bytes.
+fn entries_of(tree: &Tree, layers: &[Vec<u8>]) -> Vec<Entry> {
+    tree.walk()
+        .map(|(path, node)| Entry {
+            path: String::from_utf8(path).unwrap(),
+            kind: kind_name(node).to_string(),
+            mode: node.mode,
+            uid: node.uid,
+            gid: node.gid,
+            size: node.size(),
+            link: node.link().map(<[u8]>::to_vec),
+            rdev: node.rdev(),
+            nlink: node.nlink.into(),
+            xattrs: node.xattrs.clone(),
+            mtime: (node.mtime.sec, Some(node.mtime.nsec)),
+            content: node.content().map(|c| {
+                Digest::of(&layers[c.layer][c.offset as usize..(c.offset + c.size) as usize])
+            }),
+            inode: node.ino,
         })
         .collect()
 }
@@ -208,89 +170,8 @@ fn conform(layers: &[Vec<u8>]) -> Tree {
         .collect();
     let tree = Tree::build(entries.iter().map(Vec::as_slice)).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let rootfs = umoci_unpack(tmp.path(), layers);
-
-    let mut on_disk = vec!["/".to_string()];
-    disk_paths(&rootfs, "/", &mut on_disk);
-    let in_tree: Vec<String> = tree
-        .walk()
-        .map(|(p, _)| String::from_utf8(p).unwrap())
-        .collect();
-    assert_eq!(in_tree, on_disk, "paths differ");
-
-    let mut disk_groups: HashMap<u64, BTreeSet<String>> = HashMap::new();
-    let mut tree_groups: HashMap<u64, BTreeSet<String>> = HashMap::new();
-    for (path, node) in tree.walk() {
-        let path = String::from_utf8(path).unwrap();
-        let disk = rootfs.join(path.trim_start_matches('/'));
-        let meta = fs::symlink_metadata(&disk).unwrap();
-        let at = |what: &str| format!("{what} of {path}");
-        assert_eq!(
-            kind_name(node),
-            disk_kind(meta.file_type()),
-            "{}",
-            at("type")
-        );
-        assert_eq!(node.mode, meta.mode() & 0o7777, "{}", at("mode"));
-        assert_eq!(
-            (node.uid, node.gid),
-            (meta.uid(), meta.gid()),
-            "{}",
-            at("owner")
-        );
-        assert_eq!(node.nlink as u64, meta.nlink(), "{}", at("nlink"));
-        assert_eq!(node.xattrs, disk_xattrs(&disk), "{}", at("xattrs"));
-        // Parents a layer never lists get the time of the unpack from umoci (our 0), and
-        // creating them touches their own parent after umoci restored its time.
-        let implicit = |n: &Node| n.is_dir() && n.mtime.sec == 0;
-        let has_implicit_child = node
-            .children()
-            .unwrap_or_default()
-            .iter()
-            .any(|c| tree.get(c.ino).is_some_and(implicit));
-        if !implicit(node) && !has_implicit_child {
-            let mtime = (node.mtime.sec, i64::from(node.mtime.nsec));
-            assert_eq!(mtime, (meta.mtime(), meta.mtime_nsec()), "{}", at("mtime"));
-        }
-        match &node.kind {
-            NodeKind::File(c) => {
-                let bytes = &layers[c.layer][c.offset as usize..(c.offset + c.size) as usize];
-                assert_eq!(
-                    Digest::of(bytes),
-                    Digest::of(&fs::read(&disk).unwrap()),
-                    "{}",
-                    at("content")
-                );
-                assert_eq!(node.size(), meta.len(), "{}", at("size"));
-            }
-            NodeKind::Symlink(target) => {
-                assert_eq!(
-                    target.as_slice(),
-                    fs::read_link(&disk).unwrap().as_os_str().as_bytes()
-                );
-                assert_eq!(node.size(), meta.len(), "{}", at("size"));
-            }
-            NodeKind::Char { .. } | NodeKind::Block { .. } => {
-                assert_eq!(
-                    node.rdev(),
-                    Some(major_minor(meta.rdev())),
-                    "{}",
-                    at("rdev")
-                );
-            }
-            NodeKind::Dir(_) | NodeKind::Fifo => {}
-        }
-        disk_groups
-            .entry(meta.ino())
-            .or_default()
-            .insert(path.clone());
-        tree_groups.entry(node.ino).or_default().insert(path);
-    }
-    let mut disk_sets: Vec<_> = disk_groups.into_values().collect();
-    let mut tree_sets: Vec<_> = tree_groups.into_values().collect();
-    disk_sets.sort();
-    tree_sets.sort();
-    assert_eq!(tree_sets, disk_sets, "inode sharing differs");
+    let rootfs = umoci_unpack_layers(tmp.path(), layers);
+    unpacked::compare(&entries_of(&tree, layers), &rootfs);
     tree
 }
 
@@ -431,30 +312,6 @@ fn special_files_modes_xattrs_and_long_names() {
     let tree = conform(&[layer.done()]);
     let names = paths_of(&tree);
     assert!(names.contains(&format!("/{pax_long}")) && names.contains(&format!("/{gnu_long}")));
-}
-
-fn tool_layer(script: &str) -> Vec<u8> {
-    let tmp = tempfile::tempdir().unwrap();
-    let src = tmp.path().join("src");
-    fs::create_dir_all(src.join("dir/sub")).unwrap();
-    fs::write(src.join("dir/file"), b"file data").unwrap();
-    fs::write(src.join(format!("dir/{}", "n".repeat(120))), b"long").unwrap();
-    fs::hard_link(src.join("dir/file"), src.join("hard")).unwrap();
-    std::os::unix::fs::symlink("dir/file", src.join("sym")).unwrap();
-    fs::write(src.join("suid"), b"x").unwrap();
-    xattr::set(src.join("dir/file"), "user.origin", b"tool").unwrap();
-    xattr::set(src.join("dir"), "user.t", b"v").unwrap();
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "chmod 4755 suid && chmod 1777 dir/sub && mkfifo pipe && {script}"
-        ))
-        .current_dir(&src)
-        .env("OUT", tmp.path().join("layer.tar"))
-        .status()
-        .unwrap();
-    assert!(status.success(), "{script}");
-    fs::read(tmp.path().join("layer.tar")).unwrap()
 }
 
 #[test]

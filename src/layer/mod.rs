@@ -33,7 +33,7 @@ pub enum LayerError {
         source: std::io::Error,
     },
     #[error(
-        "layer {layer}: the registry served {size} bytes whose digest is {actual}: the blob is corrupt \
+        "layer {layer}: digest mismatch: its {size} bytes hash to {actual}, the blob is corrupt \
          (nothing of it was kept)"
     )]
     DigestMismatch {
@@ -106,17 +106,24 @@ pub fn ensure_index(
         compression,
     };
     let blob_path = cache.blob_path(&layer.digest);
-    match File::open(&blob_path) {
-        Ok(file) => {
-            let index = index_stream(file, &expected, cache, span, false, progress)?;
-            Ok((index, Origin::LocalBlob))
-        }
-        Err(_) => {
-            let stream = client.open_blob(&layer.digest, layer.size)?;
-            let index = index_stream(stream, &expected, cache, span, true, progress)?;
-            Ok((index, Origin::Registry))
+    if let Ok(file) = File::open(&blob_path) {
+        match index_stream(file, &expected, cache, span, false, progress) {
+            Ok(index) => return Ok((index, Origin::LocalBlob)),
+            // The cache's copy went bad on disk: drop it and fetch the layer again.
+            Err(LayerError::DigestMismatch { actual, .. }) => {
+                tracing::warn!(layer = %layer.digest, %actual,
+                    "cached blob is corrupt; removing it and downloading the layer again");
+                std::fs::remove_file(&blob_path).map_err(|source| CacheError::Io {
+                    path: blob_path.clone(),
+                    source,
+                })?;
+            }
+            Err(e) => return Err(e),
         }
     }
+    let stream = client.open_blob(&layer.digest, layer.size)?;
+    let index = index_stream(stream, &expected, cache, span, true, progress)?;
+    Ok((index, Origin::Registry))
 }
 
 /// Verifies a layer whose index is already known (the lazy path's

@@ -7,8 +7,8 @@ use std::io::{self, BufWriter, Read, Write};
 
 use super::LayerError;
 use super::index::LayerIndex;
-use super::seek::{Compression, SeekingDecoder};
-use super::tar::read_entries;
+use super::seek::{Compression, SeekIndex, SeekingDecoder};
+use super::tar::{TarEntry, read_entries};
 use crate::cache::CacheDir;
 use crate::digest::{Digest, HashingReader};
 
@@ -61,28 +61,33 @@ pub fn index_stream(
         progress,
         total: 0,
     });
-    let seek_error = |source| LayerError::Seek {
-        layer: layer.clone(),
-        source,
+    let decoded = decode(&mut compressed, expected, span);
+    // Read what the decoder left (trailing bytes, or the rest of a stream it gave up on) so
+    // the digest covers the whole blob.
+    let drained = io::copy(&mut compressed, &mut io::sink());
+    let decoded = match (decoded, drained) {
+        (Ok(decoded), Ok(_)) => decoded,
+        (Ok(_), Err(source)) => {
+            return Err(LayerError::Read {
+                layer: layer.clone(),
+                source,
+            });
+        }
+        (Err(e), drained) => {
+            // A corrupt blob mostly breaks the inflate or the tar before its end: if the whole
+            // blob could be read, say it is corrupt rather than how it failed to decode.
+            let (digest, size) = compressed.finish();
+            if drained.is_ok() && digest != *layer {
+                return Err(LayerError::DigestMismatch {
+                    layer: layer.clone(),
+                    actual: digest,
+                    size,
+                });
+            }
+            return Err(e);
+        }
     };
-    let mut decoder =
-        SeekingDecoder::new(&mut compressed, expected.compression, span).map_err(seek_error)?;
-    let mut tar = HashingReader::new(&mut decoder);
-    let entries = read_entries(&mut tar).map_err(|source| LayerError::Tar {
-        layer: layer.clone(),
-        source,
-    })?;
-    // What follows the end-of-archive blocks is part of the diff_id too.
-    io::copy(&mut tar, &mut io::sink()).map_err(|source| LayerError::Read {
-        layer: layer.clone(),
-        source,
-    })?;
-    let (diff_id, _) = tar.finish();
-    let seek = decoder.finish().map_err(seek_error)?;
-    io::copy(&mut compressed, &mut io::sink()).map_err(|source| LayerError::Read {
-        layer: layer.clone(),
-        source,
-    })?;
+    let (entries, diff_id, seek) = decoded;
     if let Some(copy) = compressed.get_mut().copy.as_mut() {
         copy.flush().map_err(|source| LayerError::Read {
             layer: layer.clone(),
@@ -102,6 +107,35 @@ pub fn index_stream(
     };
     index.store(cache)?;
     Ok(index)
+}
+
+/// Inflates `compressed`, recording seek points, and parses the tar; returns its entries, the
+/// diff_id and the seek index.
+fn decode(
+    compressed: &mut impl Read,
+    expected: &Expected,
+    span: u64,
+) -> Result<(Vec<TarEntry>, Digest, SeekIndex), LayerError> {
+    let layer = expected.digest;
+    let seek_error = |source| LayerError::Seek {
+        layer: layer.clone(),
+        source,
+    };
+    let mut decoder =
+        SeekingDecoder::new(compressed, expected.compression, span).map_err(seek_error)?;
+    let mut tar = HashingReader::new(&mut decoder);
+    let entries = read_entries(&mut tar).map_err(|source| LayerError::Tar {
+        layer: layer.clone(),
+        source,
+    })?;
+    // What follows the end-of-archive blocks is part of the diff_id too.
+    io::copy(&mut tar, &mut io::sink()).map_err(|source| LayerError::Read {
+        layer: layer.clone(),
+        source,
+    })?;
+    let (diff_id, _) = tar.finish();
+    let seek = decoder.finish().map_err(seek_error)?;
+    Ok((entries, diff_id, seek))
 }
 
 fn verify(

@@ -5,9 +5,11 @@
 //! Every test binary compiles this module and uses a different part of it.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod image;
 pub mod pki;
 pub mod proxy;
 pub mod registry;
 pub mod tarball;
 pub mod token;
+pub mod unpacked;

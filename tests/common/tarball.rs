@@ -1,5 +1,8 @@
 //! Layer tarballs built in memory, including entries a careful writer would refuse.
 
+use std::fs;
+use std::process::Command;
+
 use tar::{EntryType, Header};
 
 /// Fixed mtime of every entry, so layers (and their digests) are reproducible.
@@ -224,4 +227,31 @@ impl TarBuilder {
         let mut out = self.out;
         std::mem::take(out.get_mut())
     }
+}
+
+/// A layer written by a tool: `script` runs in a directory holding a small tree (nested dirs, a
+/// hardlink, a symlink, a long name, a setuid file, a sticky dir, a fifo, user xattrs) and must
+/// write the tar to `$OUT`.
+pub fn tool_layer(script: &str) -> Vec<u8> {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("dir/sub")).unwrap();
+    fs::write(src.join("dir/file"), b"file data").unwrap();
+    fs::write(src.join(format!("dir/{}", "n".repeat(120))), b"long").unwrap();
+    fs::hard_link(src.join("dir/file"), src.join("hard")).unwrap();
+    std::os::unix::fs::symlink("dir/file", src.join("sym")).unwrap();
+    fs::write(src.join("suid"), b"x").unwrap();
+    xattr::set(src.join("dir/file"), "user.origin", b"tool").unwrap();
+    xattr::set(src.join("dir"), "user.t", b"v").unwrap();
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "chmod 4755 suid && chmod 1777 dir/sub && mkfifo pipe && {script}"
+        ))
+        .current_dir(&src)
+        .env("OUT", tmp.path().join("layer.tar"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "{script}");
+    fs::read(tmp.path().join("layer.tar")).unwrap()
 }
