@@ -12,4 +12,5 @@ pub mod layer;
 pub mod materialize;
 pub mod reference;
 pub mod registry;
+pub mod runtime;
 pub mod tree;

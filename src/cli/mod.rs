@@ -1,11 +1,13 @@
 //! The command line: the only place that uses `anyhow`.
 
+mod bundle;
 mod cache;
 mod index;
 mod inspect;
 mod layers;
 mod ls;
 mod mount;
+mod run;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -41,6 +43,9 @@ enum Command {
     Umount(mount::UmountArgs),
     Status(mount::StatusArgs),
     Cache(cache::CacheCommand),
+    Bundle(bundle::BundleArgs),
+    Unbundle(bundle::UnbundleArgs),
+    Run(run::RunArgs),
 }
 
 /// How to reach the registry: shared by every command that does.
@@ -66,6 +71,21 @@ pub struct RegistryArgs {
 }
 
 impl RegistryArgs {
+    /// The same options as command-line arguments, for a child lazypull.
+    fn to_argv(&self) -> Vec<String> {
+        let mut argv = vec![
+            format!("--timeout={}", self.timeout),
+            format!("--retries={}", self.retries),
+        ];
+        if self.insecure {
+            argv.push("--insecure".into());
+        }
+        if let Some(p) = &self.platform {
+            argv.push(format!("--platform={p}"));
+        }
+        argv
+    }
+
     fn options(&self) -> TransportOptions {
         TransportOptions {
             insecure: self.insecure,
@@ -93,17 +113,22 @@ impl RegistryArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    let done = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
     let result = match cli.command {
-        Command::Inspect(args) => inspect::run(&args),
-        Command::Ls(args) => ls::run(&args),
-        Command::Index(args) => index::run(&args),
-        Command::Mount(args) => mount::run(&args),
-        Command::Umount(args) => mount::umount(&args),
-        Command::Status(args) => mount::status(&args),
-        Command::Cache(args) => cache::run(&args),
+        Command::Inspect(args) => done(inspect::run(&args)),
+        Command::Ls(args) => done(ls::run(&args)),
+        Command::Index(args) => done(index::run(&args)),
+        Command::Mount(args) => done(mount::run(&args)),
+        Command::Umount(args) => done(mount::umount(&args)),
+        Command::Status(args) => done(mount::status(&args)),
+        Command::Cache(args) => done(cache::run(&args)),
+        Command::Bundle(args) => done(bundle::run(&args)),
+        Command::Unbundle(args) => done(bundle::unbundle(&args)),
+        // The container's exit status is the command's.
+        Command::Run(args) => run::run(&args),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("lazypull: error: {}", error_message(&e));
             ExitCode::FAILURE

@@ -1,5 +1,6 @@
 //! `lazypull mount`, `umount` and `status`.
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -106,7 +107,35 @@ pub fn run(args: &MountArgs) -> anyhow::Result<()> {
         let result = serve(args, ready);
         return result;
     }
-    spawn_daemon(args)
+    let (pid, log_path) = spawn_daemon(&args.cache, std::env::args_os().skip(1).collect())?;
+    println!(
+        "mounted {} at {} (daemon pid {pid}, log {})",
+        args.reference,
+        args.mountpoint.display(),
+        log_path.display()
+    );
+    Ok(())
+}
+
+/// Mounts `reference` on `mountpoint` with a daemon in the background, for
+/// other users too (a container runs as any user), and returns when the
+/// mount is up.
+pub(super) fn mount_in_background(
+    registry: &RegistryArgs,
+    cache: &CacheArgs,
+    reference: &str,
+    mountpoint: &Path,
+) -> anyhow::Result<()> {
+    let mut argv: Vec<OsString> = vec!["mount".into(), "--allow-other".into()];
+    argv.extend(registry.to_argv().into_iter().map(OsString::from));
+    if let Some(dir) = &cache.cache_dir {
+        argv.push("--cache-dir".into());
+        argv.push(dir.into());
+    }
+    argv.push("--".into());
+    argv.push(reference.into());
+    argv.push(mountpoint.into());
+    spawn_daemon(cache, argv).map(|_| ())
 }
 
 /// The write end of the readiness pipe, when we are the daemon.
@@ -116,10 +145,11 @@ fn ready_pipe() -> Option<File> {
     Some(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
-/// Starts `lazypull mount --foreground` detached, with its output in a log
-/// file, and waits until it says the mount is up or why it is not.
-fn spawn_daemon(args: &MountArgs) -> anyhow::Result<()> {
-    let cache = args.cache.open()?;
+/// Starts `lazypull ARGV` (a mount) detached, with its output in a log
+/// file, and waits until it says the mount is up or why it is not. Returns
+/// the daemon's pid and log file.
+fn spawn_daemon(cache: &CacheArgs, argv: Vec<OsString>) -> anyhow::Result<(u32, PathBuf)> {
+    let cache = cache.open()?;
     let logs = cache.root().join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     let log_path = logs.join(format!(
@@ -141,7 +171,7 @@ fn spawn_daemon(args: &MountArgs) -> anyhow::Result<()> {
         unsafe { (File::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     let write_fd = fds[1];
     let mut cmd = Command::new(std::env::current_exe().context("finding the lazypull binary")?);
-    cmd.args(std::env::args_os().skip(1))
+    cmd.args(argv)
         .env(READY_FD_ENV, write_fd.to_string())
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -164,16 +194,7 @@ fn spawn_daemon(args: &MountArgs) -> anyhow::Result<()> {
         .read_to_string(&mut answer)
         .context("waiting for the mount daemon")?;
     match answer.strip_prefix("ok") {
-        Some(_) => {
-            println!(
-                "mounted {} at {} (daemon pid {}, log {})",
-                args.reference,
-                args.mountpoint.display(),
-                child.id(),
-                log_path.display()
-            );
-            Ok(())
-        }
+        Some(_) => Ok((child.id(), log_path)),
         None => {
             let _ = child.wait();
             let reason = answer
@@ -279,19 +300,35 @@ pub struct UmountArgs {
 }
 
 pub fn umount(args: &UmountArgs) -> anyhow::Result<()> {
-    let pid = read_status(&args.mountpoint).ok().map(|s| s.pid);
-    unmount(&args.mountpoint)
-        .with_context(|| format!("unmounting {}", args.mountpoint.display()))?;
+    unmount_and_wait(&args.mountpoint)
+}
+
+/// Unmounts a lazypull mount and waits for its daemon to exit.
+pub(super) fn unmount_and_wait(mountpoint: &Path) -> anyhow::Result<()> {
+    let pid = read_status(mountpoint).ok().map(|s| s.pid);
+    unmount(mountpoint).with_context(|| format!("unmounting {}", mountpoint.display()))?;
     if let Some(pid) = pid {
         wait_for_exit(pid);
     }
     Ok(())
 }
 
+/// Whether `path` is a lazypull mount (answering or with a dead daemon).
+pub(super) fn is_lazypull_mount(path: &Path) -> bool {
+    match xattr::get(path, STATUS_XATTR) {
+        Ok(v) => v.is_some(),
+        Err(e) => e.raw_os_error() == Some(libc::ENOTCONN),
+    }
+}
+
 /// Waits (a few seconds at most) for the daemon to finish and exit.
 fn wait_for_exit(pid: u32) {
     let proc = PathBuf::from(format!("/proc/{pid}"));
     for _ in 0..100 {
+        // A daemon this process started (bundle, run) stays a zombie until
+        // reaped; for anyone else's, waitpid just fails.
+        // SAFETY: waitpid with a null status pointer has no preconditions.
+        unsafe { libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), libc::WNOHANG) };
         if !proc.exists() {
             return;
         }
