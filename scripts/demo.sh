@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-packages=(docker-registry skopeo umoci busybox-static fuse3 gcc libc6-dev ca-certificates)
+packages=(docker-registry skopeo umoci busybox-static fuse3 runc gcc libc6-dev ca-certificates)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -89,4 +89,8 @@ for _ in $(seq 50); do
 done
 "$lazypull" status "$work/mnt"
 "$lazypull" umount "$work/mnt"
+
+echo "== lazypull run: the image as a container under runc (overlay over the mount)"
+"$lazypull" run --rm --cache-dir "$work/cache" "$addr/demo/busybox:1.0" \
+    /bin/sh -c 'echo "hello from a container: $(cat /etc/motd)"; echo "a write lands in the bundle's upper dir" >/written; cat /written'
 echo "== done"
