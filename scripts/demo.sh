@@ -92,5 +92,5 @@ done
 
 echo "== lazypull run: the image as a container under runc (overlay over the mount)"
 "$lazypull" run --rm --cache-dir "$work/cache" "$addr/demo/busybox:1.0" \
-    /bin/sh -c 'echo "hello from a container: $(cat /etc/motd)"; echo "a write lands in the bundle's upper dir" >/written; cat /written'
+    /bin/sh -c 'echo "hello from a container: $(cat /etc/motd)"; echo "a write lands in the container upper dir" >/written; cat /written'
 echo "== done"
