@@ -23,8 +23,11 @@ lazypull="$PWD/target/release/lazypull"
 work=$(mktemp -d /tmp/lazypull-demo.XXXXXX)
 registry_pid=""
 cleanup() {
-    mountpoint -q "$work/mnt" 2>/dev/null && "$lazypull" umount "$work/mnt"
-    [ -n "$registry_pid" ] && kill "$registry_pid" 2>/dev/null && wait "$registry_pid" 2>/dev/null
+    if mountpoint -q "$work/mnt" 2>/dev/null; then "$lazypull" umount "$work/mnt" || true; fi
+    if [ -n "$registry_pid" ]; then
+        kill "$registry_pid" 2>/dev/null || true
+        wait "$registry_pid" 2>/dev/null || true
+    fi
     rm -rf "$work"
 }
 trap cleanup EXIT
