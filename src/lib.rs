@@ -17,5 +17,4 @@ pub mod reference;
 pub mod registry;
 pub mod runtime;
 pub mod time;
-pub mod time;
 pub mod tree;
