@@ -241,8 +241,8 @@ impl Mount<'_> {
     }
 
     /// `lazypull umount`, which must detach the mount and see the daemon exit.
+    /// If a check fails, dropping the guard still takes everything down.
     pub fn umount(mut self) {
-        self.down = true;
         let run = self.sandbox.run(&["umount", self.path.to_str().unwrap()]);
         assert!(run.success, "umount failed: {}", run.stderr);
         assert!(!is_mounted(&self.path), "still mounted after umount");
@@ -251,12 +251,13 @@ impl Mount<'_> {
             wait_until(Duration::from_secs(10), || !pid_alive(pid)),
             "daemon {pid} still runs after umount"
         );
+        self.down = true;
     }
 
-    /// Marks the mount as taken down by the test itself (after checking it is).
+    /// Ends the guard of a mount the test took down some other way (making sure it is).
     pub fn forget(mut self) {
-        self.down = true;
         teardown(self.sandbox, &self.path, self.pid);
+        self.down = true;
     }
 }
 
