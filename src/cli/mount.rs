@@ -354,7 +354,8 @@ fn read_status(mountpoint: &Path) -> anyhow::Result<MountStatus> {
     let value = match xattr::get(mountpoint, STATUS_XATTR) {
         Ok(Some(v)) => v,
         Ok(None) => bail!("{} is not a lazypull mount", mountpoint.display()),
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => bail!(
+        // ECONNABORTED when the kernel aborted the connection as the daemon died.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED)) => bail!(
             "the lazypull daemon of {} is not running any more: run `lazypull umount {}`",
             mountpoint.display(),
             mountpoint.display()

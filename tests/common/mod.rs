@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod image;
+pub mod mount;
 pub mod pki;
 pub mod proxy;
 pub mod registry;

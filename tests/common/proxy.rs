@@ -70,6 +70,8 @@ pub struct Rule {
     server: Server,
     method: Option<String>,
     path_contains: String,
+    /// Whether the request must carry a Range header (`Some(true)`) or lack one (`Some(false)`).
+    range: Option<bool>,
     skip: u64,
     times: Option<u64>,
     fault: Fault,
@@ -82,6 +84,7 @@ impl Rule {
             server: Server::Registry,
             method: (method != "*").then(|| method.to_ascii_uppercase()),
             path_contains: path_contains.to_string(),
+            range: None,
             skip: 0,
             times: None,
             fault,
@@ -121,10 +124,22 @@ impl Rule {
         }
     }
 
-    fn matches(&self, server: Server, method: &str, path: &str) -> bool {
+    /// Matches only requests with a Range header (`true`: random reads) or without one
+    /// (`false`: whole-blob downloads).
+    pub fn with_range(self, present: bool) -> Rule {
+        Rule {
+            range: Some(present),
+            ..self
+        }
+    }
+
+    fn matches(&self, server: Server, request: &Request) -> bool {
         self.server == server
-            && self.method.as_deref().is_none_or(|m| m == method)
-            && path.contains(&self.path_contains)
+            && self.method.as_deref().is_none_or(|m| m == request.method)
+            && request.path.contains(&self.path_contains)
+            && self
+                .range
+                .is_none_or(|r| r == request.header("range").is_some())
     }
 
     /// Whether the rule fires on its `seen`th (0-based) matching request.
@@ -420,7 +435,7 @@ fn pick_fault(shared: &Shared, server: Server, request: &Request) -> Option<Faul
     let mut rules = lock(&shared.rules);
     let mut chosen = None;
     for (rule, seen) in rules.iter_mut() {
-        if rule.matches(server, &request.method, &request.path) {
+        if rule.matches(server, request) {
             if chosen.is_none() && rule.fires_on(*seen) {
                 chosen = Some(rule.fault.clone());
             }

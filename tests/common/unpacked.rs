@@ -210,3 +210,50 @@ pub fn umoci_reference(host: &str, repo: &str, tag: &str, dir: &Path) -> PathBuf
         &dir.join(format!("bundle-{tag}")),
     )
 }
+
+/// Describes the tree at `root` (a mount) as the side under test: every path in walk order,
+/// read through lstat, readlink, the xattr calls and a read of every file.
+pub fn listing(root: &Path) -> Vec<Entry> {
+    disk_paths(root)
+        .into_iter()
+        .map(|path| {
+            let disk = on_disk(root, &path);
+            let meta = fs::symlink_metadata(&disk).unwrap_or_else(|e| panic!("lstat {path}: {e}"));
+            let ft = meta.file_type();
+            let content = ft.is_file().then(|| {
+                Digest::of(&fs::read(&disk).unwrap_or_else(|e| panic!("reading {path}: {e}")))
+            });
+            let link = ft.is_symlink().then(|| {
+                fs::read_link(&disk)
+                    .unwrap()
+                    .as_os_str()
+                    .as_bytes()
+                    .to_vec()
+            });
+            let device = ft.is_char_device() || ft.is_block_device();
+            Entry {
+                kind: disk_kind(ft).to_string(),
+                mode: meta.mode() & 0o7777,
+                uid: meta.uid(),
+                gid: meta.gid(),
+                size: meta.len(),
+                link,
+                rdev: device.then(|| major_minor(meta.rdev())),
+                nlink: meta.nlink(),
+                xattrs: disk_xattrs(&disk),
+                mtime: (meta.mtime(), Some(meta.mtime_nsec() as u32)),
+                content,
+                inode: meta.ino(),
+                path,
+            }
+        })
+        .collect()
+}
+
+/// The entry of `path` in a listing.
+pub fn entry<'a>(listing: &'a [Entry], path: &str) -> &'a Entry {
+    listing
+        .iter()
+        .find(|e| e.path == path)
+        .unwrap_or_else(|| panic!("{path} is not in the listing"))
+}
