@@ -102,6 +102,55 @@ fn corrupt_blob_fails_its_layer_only() {
 }
 
 #[test]
+fn pages_cached_before_a_layer_fails_are_not_served_after() {
+    let reg = TestRegistry::start(Variant::Plain);
+    let (a, b) = (random(3 << 19, 7), random(3 << 19, 8));
+    let spec = ImageSpec::new(vec![(
+        TarBuilder::new()
+            .file("a", &a, 0o644)
+            .file("b", &b, 0o644)
+            .build(),
+        Compression::Gzip,
+    )]);
+    let image = image::push_image(&reg, "test/cached", "v1", &spec);
+    let sandbox = Sandbox::new();
+    // 1 MiB spans: reading `a` never touches the end of the blob.
+    sandbox.index(
+        &format!("{}/test/cached:v1", reg.host()),
+        &["--span", "1048576"],
+    );
+    sandbox.prune_blobs();
+    let path = reg.blob_path(&image.layers[0].digest);
+    let mut blob = fs::read(&path).unwrap();
+    let near_end = blob.len() - 1000;
+    blob[near_end] ^= 0x01;
+    fs::write(&path, &blob).unwrap();
+
+    let proxy = FaultProxy::start(&reg.base_url());
+    // The background download waits a little, so the read comes first.
+    hold_background(&proxy, &image, Fault::Stall(Duration::from_secs(2)));
+    let mount = sandbox.mount(&format!("{}/test/cached:v1", proxy.host()), &[]);
+    let file = fs::File::open(mount.join("a")).unwrap();
+    let mut before = vec![0u8; a.len()];
+    file.read_exact_at(&mut before, 0)
+        .expect("a lazy read of the layer's intact part");
+    assert!(before == a, "the lazy read returned other bytes");
+
+    mount.wait_for("failed", |s| s.iter().all(|s| s == "failed"));
+    let mut after = vec![0u8; a.len()];
+    let err = file
+        .read_exact_at(&mut after, 0)
+        .expect_err("pages cached before the failure are dropped");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert_eio(
+        fs::read(mount.join("a")),
+        "a new open of a failed layer's file",
+    );
+    drop(file);
+    mount.umount();
+}
+
+#[test]
 fn dead_registry_gives_eio_then_recovers() {
     let mut reg = TestRegistry::start(Variant::Plain);
     let cold = random(200_000, 4);

@@ -80,6 +80,10 @@ impl ContentReader for MountContent {
             .map_err(std::io::Error::other)
     }
 
+    fn verified(&self, layer: usize) -> bool {
+        self.layers.is_ready(layer)
+    }
+
     fn local_file(&self, layer: usize, offset: u64) -> Option<PathBuf> {
         self.layers.local_file(layer, offset)
     }
@@ -254,7 +258,7 @@ fn serve(args: &MountArgs, mut ready: Option<File>) -> anyhow::Result<()> {
 
 fn start(args: &MountArgs) -> anyhow::Result<fuser::Session<LazyFs>> {
     let image = IndexedImage::load(&args.registry, &args.cache, &args.reference, DEFAULT_SPAN)?;
-    let tree = image.tree()?;
+    let tree = Arc::new(image.tree()?);
     let indexes = image.layers.into_iter().map(|(index, _)| index).collect();
     let layers = Arc::new(Layers::new(
         &image.client,
@@ -263,15 +267,12 @@ fn start(args: &MountArgs) -> anyhow::Result<fuser::Session<LazyFs>> {
         indexes,
         args.memory_cache << 20,
     )?);
-    layers
-        .materialize(image.cache)
-        .context("starting the background download")?;
     let content = MountContent {
-        layers,
+        layers: Arc::clone(&layers),
         reference: image.image.reference.clone(),
         digest: image.image.digest.to_string(),
     };
-    let fs = LazyFs::new(tree, Arc::new(content), READ_WORKERS);
+    let fs = LazyFs::new(Arc::clone(&tree), Arc::new(content), READ_WORKERS);
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(image.image.reference.clone()),
@@ -286,8 +287,22 @@ fn start(args: &MountArgs) -> anyhow::Result<fuser::Session<LazyFs>> {
     }
     config.n_threads = Some(FUSE_THREADS);
     config.clone_fd = true;
-    fuser::Session::new(fs, &args.mountpoint, &config)
-        .with_context(|| format!("mounting on {}", args.mountpoint.display()))
+    let session = fuser::Session::new(fs, &args.mountpoint, &config)
+        .with_context(|| format!("mounting on {}", args.mountpoint.display()))?;
+    // Pages the kernel cached from a layer that then fails its check must
+    // not be served any more.
+    let notifier = session.notifier();
+    layers.on_failure(Box::new(move |layer| {
+        for ino in tree.files_of_layer(layer) {
+            if let Err(e) = notifier.inval_inode(fuser::INodeNo(ino), 0, 0) {
+                tracing::warn!(ino, error = %e, "cannot drop the kernel's cached pages");
+            }
+        }
+    }));
+    layers
+        .materialize(image.cache)
+        .context("starting the background download")?;
+    Ok(session)
 }
 
 #[derive(Args)]

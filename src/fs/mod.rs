@@ -32,6 +32,9 @@ pub const STATUS_XATTR: &str = "user.lazypull.status";
 /// of that layer's uncompressed tar.
 pub trait ContentReader: Send + Sync + 'static {
     fn read(&self, layer: usize, offset: u64, len: u64) -> std::io::Result<Vec<u8>>;
+    /// Whether the layer passed its full check: only then may the kernel
+    /// keep file pages across opens.
+    fn verified(&self, layer: usize) -> bool;
     /// A local file holding exactly the data at `offset` of `layer`, once
     /// there is one: opens of it are then passed through to the kernel.
     fn local_file(&self, layer: usize, offset: u64) -> Option<std::path::PathBuf>;
@@ -51,10 +54,10 @@ pub struct LazyFs {
 }
 
 impl LazyFs {
-    pub fn new(tree: Tree, content: Arc<dyn ContentReader>, workers: usize) -> Self {
+    pub fn new(tree: Arc<Tree>, content: Arc<dyn ContentReader>, workers: usize) -> Self {
         let total_bytes = tree.walk().map(|(_, n)| n.size()).sum();
         Self {
-            tree: Arc::new(tree),
+            tree,
             content,
             pool: Pool::new(workers),
             total_bytes,
@@ -122,11 +125,14 @@ impl Filesystem for LazyFs {
             Ok(n) => n,
             Err(e) => return reply.error(e),
         };
-        let local = match &node.kind {
-            NodeKind::File(c) if self.passthrough && c.size > 0 => {
-                self.content.local_file(c.layer, c.offset)
+        let (local, verified) = match &node.kind {
+            NodeKind::File(c) => {
+                let local = (self.passthrough && c.size > 0)
+                    .then(|| self.content.local_file(c.layer, c.offset))
+                    .flatten();
+                (local, self.content.verified(c.layer))
             }
-            _ => None,
+            _ => (None, true),
         };
         if let Some(path) = local {
             let opened = self.backing.open(ino.0, || {
@@ -142,7 +148,12 @@ impl Filesystem for LazyFs {
                 }
             }
         }
-        reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE)
+        let flags = if verified {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        };
+        reply.opened(FileHandle(0), flags)
     }
 
     fn release(

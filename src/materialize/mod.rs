@@ -75,9 +75,13 @@ pub struct LayerStatus {
     pub error: Option<String>,
 }
 
+/// Called with a layer's number when it fails its check.
+pub type FailureHook = Box<dyn Fn(usize) + Send + Sync>;
+
 pub struct Layers {
     layers: Vec<Layer>,
     spans: SpanCache,
+    on_failure: std::sync::OnceLock<FailureHook>,
 }
 
 fn lock_err<T>(e: std::sync::PoisonError<T>) -> T {
@@ -126,6 +130,7 @@ impl Layers {
         Ok(Self {
             layers,
             spans: SpanCache::new(memory_bytes),
+            on_failure: std::sync::OnceLock::new(),
         })
     }
 
@@ -183,6 +188,18 @@ impl Layers {
                 }
             })
             .collect()
+    }
+
+    /// Sets what to do when a layer fails (once; later calls are ignored).
+    pub fn on_failure(&self, hook: FailureHook) {
+        let _ = self.on_failure.set(hook);
+    }
+
+    /// Whether the layer is verified (and served from local bytes).
+    pub fn is_ready(&self, layer: usize) -> bool {
+        self.layers
+            .get(layer)
+            .is_some_and(|l| l.state.read().unwrap_or_else(lock_err).0 == State::Ready)
     }
 
     /// The extracted file holding the data at `offset` of `layer`, once
@@ -300,6 +317,10 @@ impl Layers {
                 tracing::error!(layer = %d, error = %e, "layer failed; its files will read as EIO");
                 self.set_state(layer, State::Failed, Some(e.to_string()));
                 *layer.source.write().unwrap_or_else(lock_err) = None;
+                // Pages the kernel cached from this layer must go too.
+                if let Some(hook) = self.on_failure.get() {
+                    hook(i);
+                }
                 // Nothing unverified is kept.
                 let _ = std::fs::remove_file(chunks.path());
             }

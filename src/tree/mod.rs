@@ -269,6 +269,14 @@ impl Tree {
         self.walk_node(b"/".to_vec(), self.root())
     }
 
+    /// Inode numbers of the regular files whose data is in `layer`.
+    pub fn files_of_layer(&self, layer: usize) -> impl Iterator<Item = u64> + '_ {
+        self.nodes.iter().filter_map(move |n| match &n.kind {
+            NodeKind::File(c) if c.layer == layer => Some(n.ino),
+            _ => None,
+        })
+    }
+
     /// The node at an absolute or relative `path` (symlinks are not followed).
     pub fn resolve(&self, path: &[u8]) -> Option<&Node> {
         path.split(|&b| b == b'/')
