@@ -3,7 +3,7 @@
 //! layer digest), keeps them (the local blob), inflates them while recording
 //! seek points, hashes the tar (the diff_id) and parses every tar header.
 
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 
 use super::LayerError;
 use super::index::LayerIndex;
@@ -11,6 +11,9 @@ use super::seek::{Compression, SeekingDecoder};
 use super::tar::read_entries;
 use crate::cache::CacheDir;
 use crate::digest::{Digest, HashingReader};
+
+/// Uncompressed bytes inflated at once.
+const TAR_BUFFER: usize = 256 << 10;
 
 /// What the pass must verify the layer against.
 pub struct Expected<'a> {
@@ -67,7 +70,9 @@ pub fn index_stream(
     };
     let mut decoder =
         SeekingDecoder::new(&mut compressed, expected.compression, span).map_err(seek_error)?;
-    let mut tar = HashingReader::new(&mut decoder);
+    // The tar reader asks for 512-byte headers and small data chunks; one
+    // inflate call per such read is slow, so the decoder fills a large buffer.
+    let mut tar = HashingReader::new(BufReader::with_capacity(TAR_BUFFER, &mut decoder));
     let entries = read_entries(&mut tar).map_err(|source| LayerError::Tar {
         layer: layer.clone(),
         source,
@@ -104,7 +109,12 @@ pub fn index_stream(
     Ok(index)
 }
 
-fn verify(expected: &Expected, digest: &Digest, size: u64, diff_id: &Digest) -> Result<(), LayerError> {
+fn verify(
+    expected: &Expected,
+    digest: &Digest,
+    size: u64,
+    diff_id: &Digest,
+) -> Result<(), LayerError> {
     if digest != expected.digest {
         return Err(LayerError::DigestMismatch {
             layer: expected.digest.clone(),
