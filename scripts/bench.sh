@@ -17,6 +17,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 runs=${RUNS:-5}
+
+# step MESSAGE: a progress line with the seconds since the start.
+step() { echo "$1 [${SECONDS}s]"; }
 usr_target=$((200 * 1000 * 1000))
 
 packages=(docker-registry curl gcc libc6-dev)
@@ -30,7 +33,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 export PATH="$HOME/.cargo/bin:$PATH"
 
-echo "== building (release)"
+step "== building (release)"
 cargo build --release --quiet --bin lazypull --example index_load
 lazypull="$PWD/target/release/lazypull"
 index_load="$PWD/target/release/examples/index_load"
@@ -63,7 +66,7 @@ compress_layer() {
     stat -c %s "$work/$name.tar.gz" >"$work/$name.size"
 }
 
-echo "== layer 'usr': every k-th file of /usr/lib and /usr/share (k for about 200 MB), gzip -6"
+step "== layer 'usr': every k-th file of /usr/lib and /usr/share (k for about 200 MB), gzip -6"
 # Every k-th file in path order samples both trees evenly (binaries, libraries, text, locales);
 # each file's parent directories come before it, as in a real layer.
 (cd / && find usr/lib usr/share -xdev \( -type f -o -type l \) -printf '%s\t%p\n') |
@@ -79,40 +82,39 @@ awk -F'\t' -v k=$((total / usr_target + 1)) '
 tar --no-recursion --verbatim-files-from -C / -cf "$work/usr.tar" -T "$work/usr.list"
 compress_layer usr
 
-echo "== layer 'small': 100,000 entries (400 directories, 99,600 text files of 0-16 KiB), gzip -6"
-# File contents are runs of lines from text files of this machine (licenses, docs, scripts,
-# sources), so they compress like real text. Sizes are skewed like a source tree's: 16 KiB times
+step "== layer 'small': 100,000 entries (400 directories, 99,600 text files of 0-16 KiB), gzip -6"
+# File contents are pieces of text files of this machine (licenses, docs, scripts, sources),
+# so they compress like real text. Sizes are skewed like a source tree's: 16 KiB times
 # the cube of a uniform variable (median 2 KiB, mean 4 KiB).
 find /usr/share/doc /usr/share/common-licenses /usr/share/perl* /usr/lib/python3* -xdev -type f \
     -size -64k \( -name copyright -o -name '*.txt' -o -name '*.pm' -o -name '*.py' -o -name '*.sh' \) \
-    -print0 2>/dev/null | LC_ALL=C sort -z | xargs -0 cat 2>/dev/null | head -c $((16 << 20)) >"$work/corpus" || true
+    -print0 2>/dev/null | LC_ALL=C sort -z | xargs -0 cat 2>/dev/null | tr -d '\001' |
+    head -c $((16 << 20)) >"$work/corpus" || true
+# The corpus is read as one record (it holds no \001), and each file is one substring of it.
 mkdir "$work/small"
-awk -v root="$work/small" '
-    { line[n++] = $0 }
-    END {
-        if (n < 1000) { print "too little text for the corpus" > "/dev/stderr"; exit 1 }
-        for (d = 0; d < 400; d++) {
-            dir = sprintf("%s/pkg%03d", root, d)
-            system("mkdir " dir)
-            for (f = 0; f < 249; f++) {
-                i = d * 249 + f
-                x = (i * 7919 % 10007) / 10007
-                size = int(x * x * x * 16384)
-                body = ""
-                for (j = (i * 104729) % n; length(body) < size; j = (j + 1) % n) body = body line[j] "\n"
-                path = sprintf("%s/file%05d.txt", dir, i)
-                printf "%s", substr(body, 1, size) > path
-                close(path)
-            }
+awk -v root="$work/small" 'BEGIN { RS = "\001" } NR == 1 { text = $0 } END {
+    n = length(text)
+    if (n < 65536) { print "too little text for the corpus" > "/dev/stderr"; exit 1 }
+    for (d = 0; d < 400; d++) {
+        dir = sprintf("%s/pkg%03d", root, d)
+        system("mkdir " dir)
+        for (f = 0; f < 249; f++) {
+            i = d * 249 + f
+            x = (i * 7919 % 10007) / 10007
+            size = int(x * x * x * 16384)
+            path = sprintf("%s/file%05d.txt", dir, i)
+            printf "%s", substr(text, 1 + (i * 104729) % (n - 16384), size) > path
+            close(path)
         }
-    }' "$work/corpus"
+    }
+}' "$work/corpus"
 tar --sort=name -C "$work/small" -cf "$work/small.tar" $(cd "$work/small" && ls)
 compress_layer small
 rm -rf "$work/small"
 
 # --- registry and images ------------------------------------------------------------------
 
-echo "== local registry"
+step "== local registry"
 cat >"$work/registry.yml" <<YML
 version: 0.1
 storage:
@@ -201,7 +203,7 @@ index_local() { # NAME: the blob is in the cache, its index is not
     timed "$1.local" "$lazypull" index --cache-dir "$work/cache-local" "$addr/bench/$1:1"
 }
 
-echo "== checking what each command does (and warming the page cache)"
+step "== checking what each command does (and warming the page cache)"
 mkdir -p "$work/cache-local/blobs/sha256"
 for name in usr small; do
     cp "$work/$name.tar.gz" "$work/cache-local/blobs/sha256/$(cut -d: -f2 "$work/$name.digest")"
@@ -214,7 +216,7 @@ for name in usr small; do
 done
 rm -rf "$work/cache-check"
 
-echo "== timing, $runs rounds (each round: every command once, in turn)"
+step "== timing, $runs rounds (each round: every command once, in turn)"
 for round in $(seq "$runs"); do
     for name in usr small; do
         index_fresh "$name"
@@ -222,7 +224,7 @@ for round in $(seq "$runs"); do
         timed "$name.baseline" baseline "$work/$name.tar.gz"
         timed "$name.cached" "$lazypull" index --cache-dir "$work/cache-local" "$addr/bench/$name:1"
     done
-    echo "round $round done"
+    echo "round $round done [${SECONDS}s]"
 done
 
 # --- report -------------------------------------------------------------------------------
@@ -240,10 +242,11 @@ for name in usr small; do
 done
 echo
 echo "== index pass: median of $runs runs (wall seconds; CPU = user+sys of our processes)"
-printf '%-6s %-44s %8s %8s %10s %9s\n' LAYER COMMAND WALL_S CPU_S "MB/s_IN" "VS_BASE"
+printf '%-6s %-40s %7s %7s %8s %8s %8s\n' LAYER COMMAND WALL_S CPU_S "MB/s_IN" "VS_BASE" "CPU_VS"
 for name in usr small; do
     size=$(cat "$work/$name.size")
     base=$(median "$work/$name.baseline.times" 1)
+    base_cpu=$(median "$work/$name.baseline.times" 2)
     for kind in fresh local baseline cached; do
         case $kind in
             fresh) label="lazypull index, empty cache (download)" ;;
@@ -254,15 +257,17 @@ for name in usr small; do
         wall=$(median "$work/$name.$kind.times" 1)
         cpu=$(median "$work/$name.$kind.times" 2)
         if [ "$kind" = cached ]; then
-            printf '%-6s %-44s %8.3f %8.3f %10s %9s\n' "$name" "$label" "$wall" "$cpu" - -
+            printf '%-6s %-40s %7.3f %7.3f %8s %8s %8s\n' "$name" "$label" "$wall" "$cpu" - - -
         else
-            printf '%-6s %-44s %8.3f %8.3f %10.1f %8.2fx\n' "$name" "$label" "$wall" "$cpu" \
+            printf '%-6s %-40s %7.3f %7.3f %8.1f %7.2fx %7.2fx\n' "$name" "$label" "$wall" "$cpu" \
                 "$(awk -v s="$size" -v t="$wall" 'BEGIN { print s / 1e6 / t }')" \
-                "$(awk -v b="$base" -v t="$wall" 'BEGIN { print b / t }')"
+                "$(awk -v b="$base" -v t="$wall" 'BEGIN { print b / t }')" \
+                "$(awk -v b="$base_cpu" -v t="$cpu" 'BEGIN { print b / t }')"
         fi
     done
 done
-echo "(VS_BASE: baseline wall time / this wall time; above 1 is faster than the baseline)"
+echo "(MB/s_IN: compressed MB per wall second; VS_BASE: baseline wall / this wall; CPU_VS: the"
+echo " same for CPU time; above 1 is faster than the baseline)"
 
 # field KEY: the value of KEY=VALUE in $out (index_load's output).
 field() { sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p" <<<"$out"; }
@@ -287,3 +292,5 @@ for name in usr small; do
     done
 done
 echo "(* the default span; WINDOWS_B: stored 32 KiB windows, most of the rest is tar entries)"
+echo
+echo "bench took ${SECONDS}s"
