@@ -3,7 +3,7 @@
 //! layer digest), keeps them (the local blob), inflates them while recording
 //! seek points, hashes the tar (the diff_id) and parses every tar header.
 
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 
 use super::LayerError;
 use super::index::LayerIndex;
@@ -11,6 +11,9 @@ use super::seek::{Compression, SeekIndex, SeekingDecoder};
 use super::tar::{TarEntry, read_entries};
 use crate::cache::CacheDir;
 use crate::digest::{Digest, HashingReader};
+
+/// Uncompressed bytes inflated at once.
+const TAR_BUFFER: usize = 256 << 10;
 
 /// What the pass must verify the layer against.
 pub struct Expected<'a> {
@@ -123,7 +126,9 @@ fn decode(
     };
     let mut decoder =
         SeekingDecoder::new(compressed, expected.compression, span).map_err(seek_error)?;
-    let mut tar = HashingReader::new(&mut decoder);
+    // The tar reader asks for 512-byte headers and small data chunks; one
+    // inflate call per such read is slow, so the decoder fills a large buffer.
+    let mut tar = HashingReader::new(BufReader::with_capacity(TAR_BUFFER, &mut decoder));
     let entries = read_entries(&mut tar).map_err(|source| LayerError::Tar {
         layer: layer.clone(),
         source,
