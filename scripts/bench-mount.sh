@@ -4,15 +4,19 @@
 # holds the registry) and 20 ms round trip (scripts/delay-proxy.py on loopback).
 #
 #   A  skopeo copy + umoci unpack + chroot python3      (the conventional path)
+#   A2 skopeo copy + tar -xzf of each layer + chroot     (docker's way of unpacking)
 #   B  lazypull mount, empty cache + chroot python3      (first mount)
 #   C  lazypull mount, index cached, no blobs + chroot   (lazy path)
+#   C1 as C, with an index of 1 MiB seek spans           (the default is 4 MiB)
 #   D  sequential read of a 1 GiB file and `find -ls` of the Debian tree on a
 #      mount whose layers are ready, against the same on local disk
 #
 # Runs on a fresh Debian 12 machine as root; installs what it needs. Built
 # images are kept in $LAZYPULL_BENCH_DIR (default /var/tmp/lazypull-bench), so
 # a rerun skips debootstrap. Environment: RUNS (default 5), D_RUNS (default 9),
-# RATE (200mbit), DELAY_MS (one way, default 10).
+# RATE (200mbit), DELAY_MS (one way, default 10). Results are printed and kept
+# in $LAZYPULL_BENCH_DIR/results-DATE.md; the daemons' logs of the last run in
+# $LAZYPULL_BENCH_DIR/last-logs.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -204,44 +208,50 @@ daemon_hwm_kib() {
 }
 
 A=() Acopy=() Aunpack=() T=() Tunpack=() B=() Bmount=() C=() Cmount=() Cbytes=() Cproxy=() Cranged=()
-Brss=() Crss=()
+Brss=() Crss=() C1=() C1ranged=()
+log "an index with 1 MiB seek spans for C1"
+"$lazypull" index --span 1048576 --cache-dir "$work/cache-span1m" "$debian" >/dev/null
 for i in $(seq "$RUNS"); do
     log "round $i/$RUNS"
+    # Nothing big is deleted before the end: ext4 here skips inodes freed in
+    # the last seconds when it allocates, and creating files right after
+    # deleting thousands gets several times slower (see BENCHMARKS-mount.md).
     # A: pull (fresh layout, no skopeo blob cache), unpack, run.
-    rm -rf /var/lib/containers/cache "$work/a"
-    mkdir "$work/a"
+    rm -rf /var/lib/containers/cache
+    a=$work/a$i
+    mkdir "$a"
     sync
     t0=$(now_us)
-    skopeo copy --quiet --src-tls-verify=false "docker://$debian" "oci:$work/a/layout:py"
+    skopeo copy --quiet --src-tls-verify=false "docker://$debian" "oci:$a/layout:py"
     Acopy+=("$(ms_since "$t0")")
     t1=$(now_us)
-    umoci unpack --image "$work/a/layout:py" "$work/a/bundle" >/dev/null 2>>"$work/umoci.log"
+    umoci unpack --image "$a/layout:py" "$a/bundle" >/dev/null 2>>"$work/umoci.log"
     Aunpack+=("$(ms_since "$t1")")
-    out=$(chroot "$work/a/bundle/rootfs" python3 -c "$pyprog")
+    out=$(chroot "$a/bundle/rootfs" python3 -c "$pyprog")
     A+=("$(ms_since "$t0")")
     [ "$out" = 1 ]
 
     # A2: the same pull, then the layers extracted with tar in order, as docker
     # does (umoci also writes an mtree manifest with a hash of every file).
     # Right for this image only: it has no whiteouts.
-    rm -rf /var/lib/containers/cache "$work/t"
-    mkdir -p "$work/t/root"
+    rm -rf /var/lib/containers/cache
+    t=$work/t$i
+    mkdir -p "$t/root"
     sync
     t0=$(now_us)
-    skopeo copy --quiet --src-tls-verify=false "docker://$debian" "oci:$work/t/layout:py"
+    skopeo copy --quiet --src-tls-verify=false "docker://$debian" "oci:$t/layout:py"
     t1=$(now_us)
-    manifest=$(jq -r '.manifests[0].digest' "$work/t/layout/index.json")
-    for layer in $(jq -r '.layers[].digest' "$work/t/layout/blobs/sha256/${manifest#sha256:}"); do
-        tar -xzf "$work/t/layout/blobs/sha256/${layer#sha256:}" -C "$work/t/root" --numeric-owner
+    manifest=$(jq -r '.manifests[0].digest' "$t/layout/index.json")
+    for layer in $(jq -r '.layers[].digest' "$t/layout/blobs/sha256/${manifest#sha256:}"); do
+        tar -xzf "$t/layout/blobs/sha256/${layer#sha256:}" -C "$t/root" --numeric-owner
     done
     Tunpack+=("$(ms_since "$t1")")
-    out=$(chroot "$work/t/root" python3 -c "$pyprog")
+    out=$(chroot "$t/root" python3 -c "$pyprog")
     T+=("$(ms_since "$t0")")
     [ "$out" = 1 ]
-    rm -rf "$work/t"
 
     # B: first mount, empty cache.
-    cache=$work/cache-$i
+    cache=$work/cache-b$i
     sync
     t0=$(now_us)
     "$lazypull" mount --cache-dir "$cache" "$debian" "$work/mnt" >/dev/null
@@ -252,8 +262,11 @@ for i in $(seq "$RUNS"); do
     Brss+=("$(daemon_hwm_kib "$work/mnt")")
     "$lazypull" umount "$work/mnt"
 
-    # C: index cached, no blobs.
-    "$lazypull" cache prune --blobs --cache-dir "$cache" >/dev/null
+    # C: index cached, no blobs: what `cache prune --blobs` leaves of B's
+    # cache, made by copying B's indexes rather than deleting its files.
+    cache=$work/cache-c$i
+    mkdir "$cache"
+    cp -a "$work/cache-b$i/index" "$cache/"
     sync
     read -r down0 ranged0 < <(proxy_stats)
     t0=$(now_us)
@@ -268,9 +281,23 @@ for i in $(seq "$RUNS"); do
     [ "$out" = 1 ]
     Crss+=("$(daemon_hwm_kib "$work/mnt")")
     "$lazypull" umount "$work/mnt"
-    cp "$cache"/logs/* "$STORE/last-logs/"
-    rm -rf "$cache"
-    log "A ${A[-1]} ms (copy ${Acopy[-1]}, unpack ${Aunpack[-1]}), A2 ${T[-1]} ms (tar ${Tunpack[-1]}), B ${B[-1]} ms (mount ${Bmount[-1]}), C ${C[-1]} ms (mount ${Cmount[-1]}; proxy sent ${Cproxy[-1]} B, ${Cranged[-1]} B of them to Range requests; status ${Cbytes[-1]} B)"
+    cp "$work/cache-b$i"/logs/* "$cache"/logs/* "$STORE/last-logs/"
+    # C1: as C, with an index built with seek points every 1 MiB instead of 4.
+    cache=$work/cache-s$i
+    mkdir "$cache"
+    cp -a "$work/cache-span1m/index" "$cache/"
+    sync
+    read -r down0 ranged0 < <(proxy_stats)
+    t0=$(now_us)
+    "$lazypull" mount --cache-dir "$cache" "$debian" "$work/mnt" >/dev/null
+    out=$(chroot "$work/mnt" python3 -c "$pyprog")
+    C1+=("$(ms_since "$t0")")
+    read -r down1 ranged1 < <(proxy_stats)
+    C1ranged+=("$((ranged1 - ranged0))")
+    [ "$out" = 1 ]
+    "$lazypull" umount "$work/mnt"
+
+    log "A ${A[-1]} ms (copy ${Acopy[-1]}, unpack ${Aunpack[-1]}), A2 ${T[-1]} ms (tar ${Tunpack[-1]}), B ${B[-1]} ms (mount ${Bmount[-1]}), C ${C[-1]} ms (mount ${Cmount[-1]}; proxy sent ${Cproxy[-1]} B, ${Cranged[-1]} B of them to Range requests; status ${Cbytes[-1]} B), C1 ${C1[-1]} ms"
 done
 
 # --- D: reads on a ready mount against local disk -------------------------------
@@ -293,7 +320,7 @@ wait_ready() {
 }
 
 log "D: find -ls, Debian tree on a ready mount vs the unpacked bundle"
-rootfs=$work/a/bundle/rootfs
+rootfs=$work/a$RUNS/bundle/rootfs
 mkdir -p "$work/mnt-find"
 "$lazypull" mount --cache-dir "$work/cache-find" "$debian" "$work/mnt-find" >/dev/null
 wait_ready "$work/mnt-find" "$work/cache-find"
@@ -365,6 +392,7 @@ report=$STORE/results-$(date -u +%Y%m%dT%H%M%SZ).md
     echo "| A2. skopeo copy + tar -xzf each layer + chroot | $mT ms (tar $(median "${Tunpack[@]}")) | $(ratio "$mA" "$mT") | |"
     echo "| B. lazypull mount, empty cache + chroot | $mB ms (mount $(median "${Bmount[@]}")) | $(ratio "$mA" "$mB") (A2: $(ratio "$mT" "$mB")) | >= 2 |"
     echo "| C. lazypull mount, index cached, no blobs + chroot | $mC ms (mount $(median "${Cmount[@]}")) | $(ratio "$mA" "$mC") (A2: $(ratio "$mT" "$mC")) | >= 8 |"
+    echo "| C1. as C, index with 1 MiB seek spans (\`lazypull index --span 1048576\`) | $(median "${C1[@]}") ms | $(ratio "$mA" "$(median "${C1[@]}")") (A2: $(ratio "$mT" "$(median "${C1[@]}")")) | |"
     echo
     echo "C, bytes sent by the registry until the output: $(mib "$(median "${Cproxy[@]}")") MiB, of which $(mib "$(median "${Cranged[@]}")") MiB answered Range requests (lazy reads; the rest is the background download); lazypull status bytes_fetched $(mib "$(median "${Cbytes[@]}")") MiB"
     echo
@@ -379,7 +407,8 @@ report=$STORE/results-$(date -u +%Y%m%dT%H%M%SZ).md
     echo "Daemon peak RSS (VmHWM): B $(kib_mib "$(median "${Brss[@]}")") MiB, C $(kib_mib "$(median "${Crss[@]}")") MiB, find mount $(kib_mib "$find_rss") MiB, 1 GiB mount after the reads $(kib_mib "$big_rss") MiB"
     echo
     echo "Raw (ms): A ${A[*]} | A copy ${Acopy[*]} | A unpack ${Aunpack[*]} | A2 ${T[*]} | A2 tar ${Tunpack[*]} | B ${B[*]} | B mount ${Bmount[*]} | C ${C[*]} | C mount ${Cmount[*]}"
-    echo "Raw (bytes): C proxy ${Cproxy[*]} | C Range ${Cranged[*]} | C status ${Cbytes[*]}"
+    echo "Raw (ms): C1 ${C1[*]}"
+    echo "Raw (bytes): C proxy ${Cproxy[*]} | C Range ${Cranged[*]} | C status ${Cbytes[*]} | C1 Range ${C1ranged[*]}"
     echo "Raw: dd MB/s lazypull ${Dfuse[*]} | local ${Dlocal[*]} | backing file ${Dback[*]}; find ms cold lazypull ${Ffuse[*]} | local ${Flocal[*]}; warm lazypull ${Wfuse[*]} | local ${Wlocal[*]}"
     echo "Raw: RSS KiB B ${Brss[*]} | C ${Crss[*]}"
 } | tee "$report"
