@@ -18,6 +18,12 @@ pub trait BlobReader: Send + Sync {
     /// Reads up to `len` bytes at `offset`. Returns fewer bytes only at the
     /// end of the blob, and an empty vector at or past the end.
     fn read_at(&self, offset: u64, len: u64) -> io::Result<Vec<u8>>;
+
+    /// A hint that bytes `start..end` are about to be read: a remote blob
+    /// may fetch them with one request rather than piece by piece.
+    fn prefetch(&self, _start: u64, _end: u64) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A blob whose byte ranges can also be streamed, so that a long run of

@@ -56,6 +56,8 @@ impl SpanCache {
                 break;
             }
             let span = self.cache.get_or_insert_with(&(layer, start), || {
+                let (from, to) = seek.compressed_span_for(start, span_end - start);
+                blob.prefetch(from, to)?;
                 read_at(blob, seek, start, span_end - start)
                     .map(Arc::new)
                     .map_err(io::Error::other)
