@@ -9,10 +9,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # Tools the integration tests drive: a real registry (docker-registry, Distribution 2.8) with
 # htpasswd auth (apache2-utils) and TLS (openssl), image builders and the reference unpacker
 # (skopeo, umoci), FUSE, a container runtime with a static busybox to run in it. gcc and
-# libc6-dev link Rust binaries and build zstd's bundled C sources.
+# libc6-dev link Rust binaries and build zstd's bundled C sources. debootstrap builds the
+# Debian image of tests/debian.rs (from the mirror in this machine's apt sources, once: the
+# build is kept in /var/tmp/lazypull-test-debian).
 packages=(
     docker-registry skopeo umoci fuse3 apache2-utils openssl runc busybox-static jq curl
-    ca-certificates gcc libc6-dev
+    ca-certificates gcc libc6-dev debootstrap
 )
 
 as_root() {

@@ -378,3 +378,44 @@ fn writes_fail_with_erofs() {
     );
     mount.umount();
 }
+
+#[test]
+fn a_file_held_open_while_its_layer_becomes_local_opens_again() {
+    let data = random(256 << 10, 3);
+    let layer = TarBuilder::new().file("lib.so", &data, 0o755).build();
+    let reg = TestRegistry::start(Variant::Plain);
+    let image = image::push_image(
+        &reg,
+        "test/held",
+        "v1",
+        &ImageSpec::new(vec![(layer, Compression::Gzip)]),
+    );
+    let sandbox = Sandbox::new();
+    sandbox.index(&format!("{}/test/held:v1", reg.host()), &[]);
+    sandbox.prune_blobs();
+    let proxy = FaultProxy::start(&reg.base_url());
+    hold_background(
+        &proxy,
+        &image,
+        Fault::Drip {
+            bytes_per_sec: 64_000,
+        },
+    );
+    let mount = sandbox.mount(&format!("{}/test/held:v1", proxy.host()), &[]);
+    assert_eq!(mount.states(), ["fetching"]);
+    // As a running program holds its libraries: opened while the layer is remote,
+    // still open once its files are extracted and new opens could pass through.
+    let held = fs::File::open(mount.join("lib.so")).unwrap();
+    mount.wait_all_ready();
+    assert!(
+        common::mount::wait_until(common::mount::WAIT, || sandbox
+            .daemon_log()
+            .contains("reads pass through")),
+        "the layer's files were never extracted:\n{}",
+        sandbox.daemon_log()
+    );
+    assert_eq!(fs::read(mount.join("lib.so")).unwrap(), data);
+    drop(held);
+    assert_eq!(fs::read(mount.join("lib.so")).unwrap(), data);
+    mount.umount();
+}

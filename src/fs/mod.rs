@@ -18,7 +18,7 @@ use fuser::{
 };
 
 use crate::tree::{Node, NodeKind, Tree};
-use passthrough::BackingCache;
+use passthrough::{BackingCache, Opened};
 use pool::Pool;
 
 /// The tree never changes, so the kernel may cache entries and attributes
@@ -134,19 +134,17 @@ impl Filesystem for LazyFs {
             }
             _ => (None, true),
         };
-        if let Some(path) = local {
-            let opened = self.backing.open(ino.0, || {
+        let replier = &reply;
+        let backing = local.map(|path| {
+            move || {
                 let file = std::fs::File::open(&path)?;
-                reply.open_backing(&file)
-            });
-            match opened {
-                Ok((fh, id)) => {
-                    return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
-                }
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "passthrough open failed; reading through the daemon")
-                }
+                replier
+                    .open_backing(&file)
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
             }
+        });
+        if let Opened::Passthrough(fh, id) = self.backing.open(ino.0, backing) {
+            return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
         }
         let flags = if verified {
             FopenFlags::FOPEN_KEEP_CACHE

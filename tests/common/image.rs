@@ -278,6 +278,14 @@ pub fn push_manifest(
     Digest::of(body)
 }
 
+/// A layer compressed ahead of time (by a tool, or cached), pushed as it is.
+pub struct CompressedLayer {
+    pub blob: Vec<u8>,
+    /// sha256 of the uncompressed tar.
+    pub diff_id: Digest,
+    pub compression: Compression,
+}
+
 /// Pushes the layers, config and manifest of `spec` (tagged `tag`; `None` pushes by digest only).
 fn push_image_ref(
     reg: &TestRegistry,
@@ -285,15 +293,45 @@ fn push_image_ref(
     tag: Option<&str>,
     spec: &ImageSpec,
 ) -> PushedImage {
+    let layers: Vec<CompressedLayer> = spec
+        .layers
+        .iter()
+        .map(|(tar, compression)| CompressedLayer {
+            blob: compression.compress(tar),
+            diff_id: Digest::of(tar),
+            compression: *compression,
+        })
+        .collect();
+    push_compressed(reg, repo, tag, spec, &layers)
+}
+
+/// Pushes `blobs` as the layers of an image configured like `spec` (whose own `layers` are
+/// not used), tagged `tag`: for layers too big to compress in a test.
+pub fn push_compressed_image(
+    reg: &TestRegistry,
+    repo: &str,
+    tag: &str,
+    spec: &ImageSpec,
+    blobs: &[CompressedLayer],
+) -> PushedImage {
+    push_compressed(reg, repo, Some(tag), spec, blobs)
+}
+
+fn push_compressed(
+    reg: &TestRegistry,
+    repo: &str,
+    tag: Option<&str>,
+    spec: &ImageSpec,
+    blobs: &[CompressedLayer],
+) -> PushedImage {
     let mut layers = Vec::new();
-    for (tar, compression) in &spec.layers {
-        let blob = compression.compress(tar);
-        let digest = push_blob(reg, repo, &blob);
+    for layer in blobs {
+        let digest = push_blob(reg, repo, &layer.blob);
         layers.push(PushedLayer {
             digest,
-            diff_id: Digest::of(tar),
-            size: blob.len() as u64,
-            media_type: compression.media_type(spec.format).to_string(),
+            diff_id: layer.diff_id.clone(),
+            size: layer.blob.len() as u64,
+            media_type: layer.compression.media_type(spec.format).to_string(),
         });
     }
     let diff_ids: Vec<Digest> = layers.iter().map(|l| l.diff_id.clone()).collect();
