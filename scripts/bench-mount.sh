@@ -215,7 +215,7 @@ for i in $(seq "$RUNS"); do
     log "round $i/$RUNS"
     # Nothing big is deleted before the end: ext4 here skips inodes freed in
     # the last seconds when it allocates, and creating files right after
-    # deleting thousands gets several times slower (see BENCHMARKS-mount.md).
+    # deleting thousands gets several times slower (see BENCHMARKS.md, Mount).
     # A: pull (fresh layout, no skopeo blob cache), unpack, run.
     rm -rf /var/lib/containers/cache
     a=$work/a$i
