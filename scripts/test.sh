@@ -61,3 +61,8 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test --no-fail-fast
 fi
+
+# The fuzz targets (fuzz/), briefly: the seed corpus plus 20 s of fuzzing each, so a parser
+# change that panics on hostile input shows up here. Longer hunts: scripts/fuzz.sh SECONDS.
+cargo fmt --manifest-path fuzz/Cargo.toml --check
+scripts/fuzz.sh 20

@@ -4,7 +4,7 @@
 mod auth;
 mod blob;
 mod error;
-mod manifest;
+pub mod manifest;
 mod transport;
 
 use std::io::Read;
