@@ -29,16 +29,10 @@ NET=192.168.231 # a /30 on the veth pair we create; never leaves this machine
 
 [ "$(id -u)" = 0 ] || { echo "run as root (namespaces, tc, chroot, drop_caches)" >&2; exit 1; }
 
-packages=(debootstrap skopeo umoci docker-registry iproute2 python3 fuse3 curl jq
-    ca-certificates gcc libc6-dev)
-missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    apt-get update
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" </dev/null
-fi
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+ensure_packages debootstrap skopeo umoci docker-registry iproute2 python3 fuse3 curl jq \
+    ca-certificates gcc libc6-dev
 export PATH="$HOME/.cargo/bin:$PATH"
 
 log() { echo "== $*" >&2; }

@@ -22,15 +22,9 @@ runs=${RUNS:-5}
 step() { echo "$1 [${SECONDS}s]"; }
 usr_target=$((200 * 1000 * 1000))
 
-packages=(docker-registry curl gcc libc6-dev)
-missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    apt-get update
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" </dev/null
-fi
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+ensure_packages docker-registry curl gcc libc6-dev
 export PATH="$HOME/.cargo/bin:$PATH"
 
 step "== building (release)"
@@ -115,24 +109,8 @@ rm -rf "$work/small"
 # --- registry and images ------------------------------------------------------------------
 
 step "== local registry"
-cat >"$work/registry.yml" <<YML
-version: 0.1
-storage:
-  filesystem:
-    rootdirectory: $work/registry
-http:
-  addr: 127.0.0.1:0
-log:
-  level: info
-YML
-docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
-registry_pid=$!
-for _ in $(seq 100); do
-    grep -q 'listening on' "$work/registry.log" && break
-    sleep 0.1
-done
-addr=$(grep -o 'listening on [0-9.]*:[0-9]*' "$work/registry.log" | head -1 | awk '{print $3}')
-[ -n "$addr" ] || { cat "$work/registry.log"; echo "registry did not start" >&2; exit 1; }
+start_registry "$work"
+addr=$registry_addr
 echo "registry at $addr"
 
 # push_blob REPO FILE DIGEST: a monolithic upload through the registry API.

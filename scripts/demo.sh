@@ -5,15 +5,9 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-packages=(docker-registry skopeo umoci busybox-static fuse3 runc gcc libc6-dev ca-certificates)
-missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    apt-get update
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" </dev/null
-fi
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+ensure_packages docker-registry skopeo umoci busybox-static fuse3 runc gcc libc6-dev ca-certificates
 export PATH="$HOME/.cargo/bin:$PATH"
 
 echo "== building lazypull"
@@ -33,24 +27,8 @@ cleanup() {
 trap cleanup EXIT
 
 echo "== starting a local registry (docker-registry, storage in $work/registry)"
-cat >"$work/registry.yml" <<YML
-version: 0.1
-storage:
-  filesystem:
-    rootdirectory: $work/registry
-http:
-  addr: 127.0.0.1:0
-log:
-  level: info
-YML
-docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
-registry_pid=$!
-for _ in $(seq 100); do
-    grep -q 'listening on' "$work/registry.log" && break
-    sleep 0.1
-done
-addr=$(grep -o 'listening on [0-9.]*:[0-9]*' "$work/registry.log" | head -1 | awk '{print $3}')
-[ -n "$addr" ] || { cat "$work/registry.log"; echo "registry did not start" >&2; exit 1; }
+start_registry "$work"
+addr=$registry_addr
 echo "registry at $addr"
 
 echo "== building the demo image (busybox, two layers) with umoci"

@@ -21,16 +21,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 seconds="${1:-60}"
 read -r -a build_flags <<<"${FUZZ_BUILD:---sanitizer none --codegen-units 16}"
 
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
-}
-
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 # libfuzzer-sys compiles libFuzzer, which is C++.
-if ! command -v c++ >/dev/null; then
-    as_root apt-get update
-    as_root env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y --no-install-recommends g++ </dev/null
-fi
+command -v c++ >/dev/null || ensure_packages g++
 
 export PATH="$HOME/.cargo/bin:$PATH"
 if ! cargo fuzz --version >/dev/null 2>&1; then

@@ -12,27 +12,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # libc6-dev link Rust binaries and build zstd's bundled C sources. debootstrap builds the
 # Debian image of tests/debian.rs (from the mirror in this machine's apt sources, once: the
 # build is kept in /var/tmp/lazypull-test-debian).
-packages=(
-    docker-registry skopeo umoci fuse3 apache2-utils openssl runc busybox-static jq curl
-    ca-certificates gcc libc6-dev debootstrap
-)
-
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
-}
-
-missing=()
-for p in "${packages[@]}"; do
-    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
-        missing+=("$p")
-    fi
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    echo "installing: ${missing[*]}"
-    as_root apt-get update
-    as_root env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y --no-install-recommends "${missing[@]}" </dev/null
-fi
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+ensure_packages docker-registry skopeo umoci fuse3 apache2-utils openssl runc busybox-static jq \
+    curl ca-certificates gcc libc6-dev debootstrap
 
 # The package starts a registry service on :5000. Tests start registries of their own on free
 # ports, so it is only in the way: stop it and keep it from starting at boot.
