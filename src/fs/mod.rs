@@ -69,6 +69,20 @@ impl LazyFs {
     fn node(&self, ino: INodeNo) -> Result<&Node, Errno> {
         self.tree.get(ino.0).ok_or(Errno::ENOENT)
     }
+
+    /// A directory's entries as readdir lists them: `.`, `..`, then the
+    /// children in name order (their position is the readdir offset).
+    fn dir_entries(&self, ino: INodeNo) -> Result<impl Iterator<Item = (&Node, &[u8])>, Errno> {
+        let node = self.node(ino)?;
+        let children = node.children().ok_or(Errno::ENOTDIR)?;
+        let parent = self.tree.get(node.parent).unwrap_or(node);
+        let dots = [(node, &b"."[..]), (parent, &b".."[..])];
+        Ok(dots.into_iter().chain(
+            children
+                .iter()
+                .filter_map(|c| Some((self.tree.get(c.ino)?, c.name.as_slice()))),
+        ))
+    }
 }
 
 /// Answers an xattr request: the size when asked for it, else the bytes.
@@ -221,23 +235,18 @@ impl Filesystem for LazyFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let node = match self.node(ino) {
-            Ok(n) => n,
+        let entries = match self.dir_entries(ino) {
+            Ok(e) => e,
             Err(e) => return reply.error(e),
         };
-        let Some(children) = node.children() else {
-            return reply.error(Errno::ENOTDIR);
-        };
-        let dots = [(node.ino, &b"."[..]), (node.parent, &b".."[..])];
-        let entries = dots
-            .into_iter()
-            .map(|(ino, name)| (ino, name, fuser::FileType::Directory))
-            .chain(children.iter().filter_map(|c| {
-                let kid = self.tree.get(c.ino)?;
-                Some((c.ino, c.name.as_slice(), attr::file_type(&kid.kind)))
-            }));
-        for (i, (ino, name, kind)) in entries.enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(ino), i as u64 + 1, kind, OsStr::from_bytes(name)) {
+        for (i, (kid, name)) in entries.enumerate().skip(offset as usize) {
+            let kind = attr::file_type(&kid.kind);
+            if reply.add(
+                INodeNo(kid.ino),
+                i as u64 + 1,
+                kind,
+                OsStr::from_bytes(name),
+            ) {
                 break;
             }
         }
@@ -252,20 +261,10 @@ impl Filesystem for LazyFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let node = match self.node(ino) {
-            Ok(n) => n,
+        let entries = match self.dir_entries(ino) {
+            Ok(e) => e,
             Err(e) => return reply.error(e),
         };
-        let Some(children) = node.children() else {
-            return reply.error(Errno::ENOTDIR);
-        };
-        let parent = self.tree.get(node.parent).unwrap_or(node);
-        let dots = [(node, &b"."[..]), (parent, &b".."[..])];
-        let entries = dots.into_iter().chain(
-            children
-                .iter()
-                .filter_map(|c| Some((self.tree.get(c.ino)?, c.name.as_slice()))),
-        );
         for (i, (kid, name)) in entries.enumerate().skip(offset as usize) {
             let full = reply.add(
                 INodeNo(kid.ino),
