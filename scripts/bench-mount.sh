@@ -6,8 +6,10 @@
 #   A  skopeo copy + umoci unpack + chroot python3      (the conventional path)
 #   A2 skopeo copy + tar -xzf of each layer + chroot     (docker's way of unpacking)
 #   B  lazypull mount, empty cache + chroot python3      (first mount)
-#   C  lazypull mount, index cached, no blobs + chroot   (lazy path)
-#   C1 as C, with an index of 1 MiB seek spans           (the default is 4 MiB)
+#   C  lazypull mount, index cached, no blobs + chroot   (lazy path; what
+#      `cache prune --blobs` leaves: the indexes and B's prefetch list)
+#   C0 as C, with --no-prefetch                          (lazy reads only)
+#   C1 as C0, with an index of 1 MiB seek spans          (the default is 4 MiB)
 #   D  sequential read of a 1 GiB file and `find -ls` of the Debian tree on a
 #      mount whose layers are ready, against the same on local disk
 #
@@ -202,7 +204,7 @@ daemon_hwm_kib() {
 }
 
 A=() Acopy=() Aunpack=() T=() Tunpack=() B=() Bmount=() C=() Cmount=() Cbytes=() Cproxy=() Cranged=()
-Brss=() Crss=() C1=() C1ranged=()
+Brss=() Crss=() C0=() C0ranged=() C1=() C1ranged=()
 log "an index with 1 MiB seek spans for C1"
 "$lazypull" index --span 1048576 --cache-dir "$work/cache-span1m" "$debian" >/dev/null
 for i in $(seq "$RUNS"); do
@@ -257,10 +259,11 @@ for i in $(seq "$RUNS"); do
     "$lazypull" umount "$work/mnt"
 
     # C: index cached, no blobs: what `cache prune --blobs` leaves of B's
-    # cache, made by copying B's indexes rather than deleting its files.
+    # cache (its indexes and the prefetch list B's mount recorded), made by
+    # copying them rather than deleting B's files.
     cache=$work/cache-c$i
     mkdir "$cache"
-    cp -a "$work/cache-b$i/index" "$cache/"
+    cp -a "$work/cache-b$i/index" "$work/cache-b$i/traces" "$cache/"
     sync
     read -r down0 ranged0 < <(proxy_stats)
     t0=$(now_us)
@@ -276,14 +279,28 @@ for i in $(seq "$RUNS"); do
     Crss+=("$(daemon_hwm_kib "$work/mnt")")
     "$lazypull" umount "$work/mnt"
     cp "$work/cache-b$i"/logs/* "$cache"/logs/* "$STORE/last-logs/"
-    # C1: as C, with an index built with seek points every 1 MiB instead of 4.
+    # C0: as C, without the prefetch list.
+    cache=$work/cache-n$i
+    mkdir "$cache"
+    cp -a "$work/cache-b$i/index" "$cache/"
+    sync
+    read -r down0 ranged0 < <(proxy_stats)
+    t0=$(now_us)
+    "$lazypull" mount --no-prefetch --cache-dir "$cache" "$debian" "$work/mnt" >/dev/null
+    out=$(chroot "$work/mnt" python3 -c "$pyprog")
+    C0+=("$(ms_since "$t0")")
+    read -r down1 ranged1 < <(proxy_stats)
+    C0ranged+=("$((ranged1 - ranged0))")
+    [ "$out" = 1 ]
+    "$lazypull" umount "$work/mnt"
+    # C1: as C0, with an index built with seek points every 1 MiB instead of 4.
     cache=$work/cache-s$i
     mkdir "$cache"
     cp -a "$work/cache-span1m/index" "$cache/"
     sync
     read -r down0 ranged0 < <(proxy_stats)
     t0=$(now_us)
-    "$lazypull" mount --cache-dir "$cache" "$debian" "$work/mnt" >/dev/null
+    "$lazypull" mount --no-prefetch --cache-dir "$cache" "$debian" "$work/mnt" >/dev/null
     out=$(chroot "$work/mnt" python3 -c "$pyprog")
     C1+=("$(ms_since "$t0")")
     read -r down1 ranged1 < <(proxy_stats)
@@ -291,7 +308,7 @@ for i in $(seq "$RUNS"); do
     [ "$out" = 1 ]
     "$lazypull" umount "$work/mnt"
 
-    log "A ${A[-1]} ms (copy ${Acopy[-1]}, unpack ${Aunpack[-1]}), A2 ${T[-1]} ms (tar ${Tunpack[-1]}), B ${B[-1]} ms (mount ${Bmount[-1]}), C ${C[-1]} ms (mount ${Cmount[-1]}; proxy sent ${Cproxy[-1]} B, ${Cranged[-1]} B of them to Range requests; status ${Cbytes[-1]} B), C1 ${C1[-1]} ms"
+    log "A ${A[-1]} ms (copy ${Acopy[-1]}, unpack ${Aunpack[-1]}), A2 ${T[-1]} ms (tar ${Tunpack[-1]}), B ${B[-1]} ms (mount ${Bmount[-1]}), C ${C[-1]} ms (mount ${Cmount[-1]}; proxy sent ${Cproxy[-1]} B, ${Cranged[-1]} B of them to Range requests; status ${Cbytes[-1]} B), C0 ${C0[-1]} ms, C1 ${C1[-1]} ms"
 done
 
 # --- D: reads on a ready mount against local disk -------------------------------
@@ -394,7 +411,8 @@ report=$STORE/results-$(date -u +%Y%m%dT%H%M%SZ).md
     echo "| A2. skopeo copy + tar -xzf each layer + chroot | $mT ms (tar $(median "${Tunpack[@]}")) | $(ratio "$mA" "$mT") | |"
     echo "| B. lazypull mount, empty cache + chroot | $mB ms (mount $(median "${Bmount[@]}")) | $(ratio "$mA" "$mB") (A2: $(ratio "$mT" "$mB")) | >= 2 |"
     echo "| C. lazypull mount, index cached, no blobs + chroot | $mC ms (mount $(median "${Cmount[@]}")) | $(ratio "$mA" "$mC") (A2: $(ratio "$mT" "$mC")) | >= 8 |"
-    echo "| C1. as C, index with 1 MiB seek spans (\`lazypull index --span 1048576\`) | $(median "${C1[@]}") ms | $(ratio "$mA" "$(median "${C1[@]}")") (A2: $(ratio "$mT" "$(median "${C1[@]}")")) | |"
+    echo "| C0. as C, \`--no-prefetch\` | $(median "${C0[@]}") ms | $(ratio "$mA" "$(median "${C0[@]}")") (A2: $(ratio "$mT" "$(median "${C0[@]}")")) | |"
+    echo "| C1. as C0, index with 1 MiB seek spans (\`lazypull index --span 1048576\`) | $(median "${C1[@]}") ms | $(ratio "$mA" "$(median "${C1[@]}")") (A2: $(ratio "$mT" "$(median "${C1[@]}")")) | |"
     echo
     echo "C, bytes sent by the registry until the output: $(mib "$(median "${Cproxy[@]}")") MiB, of which $(mib "$(median "${Cranged[@]}")") MiB answered Range requests (lazy reads; the rest is the background download); lazypull status bytes_fetched $(mib "$(median "${Cbytes[@]}")") MiB"
     echo
@@ -410,8 +428,8 @@ report=$STORE/results-$(date -u +%Y%m%dT%H%M%SZ).md
     echo "Daemon peak RSS (VmHWM): B $(kib_mib "$(median "${Brss[@]}")") MiB, C $(kib_mib "$(median "${Crss[@]}")") MiB, find mount $(kib_mib "$find_rss") MiB, 1 GiB mount after the reads $(kib_mib "$big_rss") MiB"
     echo
     echo "Raw (ms): A ${A[*]} | A copy ${Acopy[*]} | A unpack ${Aunpack[*]} | A2 ${T[*]} | A2 tar ${Tunpack[*]} | B ${B[*]} | B mount ${Bmount[*]} | C ${C[*]} | C mount ${Cmount[*]}"
-    echo "Raw (ms): C1 ${C1[*]}"
-    echo "Raw (bytes): C proxy ${Cproxy[*]} | C Range ${Cranged[*]} | C status ${Cbytes[*]} | C1 Range ${C1ranged[*]}"
+    echo "Raw (ms): C0 ${C0[*]} | C1 ${C1[*]}"
+    echo "Raw (bytes): C proxy ${Cproxy[*]} | C Range ${Cranged[*]} | C status ${Cbytes[*]} | C0 Range ${C0ranged[*]} | C1 Range ${C1ranged[*]}"
     echo "Raw: dd MB/s lazypull ${Dfuse[*]} | local ${Dlocal[*]} | backing file ${Dback[*]}; warm lazypull ${Wdfuse[*]} | local ${Wdlocal[*]}; find ms cold lazypull ${Ffuse[*]} | local ${Flocal[*]}; warm lazypull ${Wfuse[*]} | local ${Wlocal[*]}"
     echo "Raw: RSS KiB B ${Brss[*]} | C ${Crss[*]}"
 } | tee "$report"

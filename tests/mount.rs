@@ -10,10 +10,11 @@ mod common;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
+use std::time::Duration;
 
 use common::image::{self, Compression, ImageSpec, PushedImage};
-use common::mount::{Sandbox, hold_background, states};
-use common::proxy::{Fault, FaultProxy, LogEntry};
+use common::mount::{Mount, Sandbox, hold_background, states, wait_until};
+use common::proxy::{Fault, FaultProxy, LogEntry, Rule};
 use common::registry::{TestRegistry, Variant};
 use common::tarball::TarBuilder;
 use common::unpacked::{compare, entry, listing, umoci_reference};
@@ -307,7 +308,9 @@ fn remount_fetches_only_manifest_and_config() {
         &image,
         Fault::Stall(std::time::Duration::from_secs(300)),
     );
-    let mount = sandbox.mount(&reference, &[]);
+    // Without the prefetch list the reads of the warm mount left, which would send
+    // Range requests of its own (see `prefetch_list_fetches_what_a_mount_read_first`).
+    let mount = sandbox.mount(&reference, &["--no-prefetch"]);
     let log = proxy.log();
     for e in beyond_manifest_and_config(&log, &image) {
         let background = is_layer(e, &image) && e.range.is_none() && e.body_bytes == 0;
@@ -326,6 +329,80 @@ fn remount_fetches_only_manifest_and_config() {
         .filter(|e| e.path.ends_with(&image.layers[1].digest.to_string()) && e.range.is_some())
         .collect();
     assert!(!reads.is_empty(), "the cold read sent no Range request");
+    mount.umount();
+}
+
+/// A mount records which files were opened first; after `cache prune --blobs`, the next
+/// mount fetches those files' spans by itself, before anything reads them, and nothing
+/// else: the reads then send no request.
+#[test]
+fn prefetch_list_fetches_what_a_mount_read_first() {
+    let reg = TestRegistry::start(Variant::Plain);
+    // Ten incompressible files of 2 MiB: with seek points every 4 MiB of tar, the
+    // first and the last are in spans of their own.
+    let files: Vec<Vec<u8>> = (0..10).map(|i| random(2 << 20, 10 + i)).collect();
+    let mut tar = TarBuilder::new();
+    for (i, data) in files.iter().enumerate() {
+        tar = tar.file(&format!("f{i}"), data.clone(), 0o644);
+    }
+    let spec = ImageSpec::new(vec![(tar.build(), Compression::Gzip)]);
+    let image = image::push_image(&reg, "test/prefetch", "v1", &spec);
+    let proxy = FaultProxy::start(&reg.base_url());
+    let reference = format!("{}/test/prefetch:v1", proxy.host());
+    let sandbox = Sandbox::new();
+
+    let mount = sandbox.mount(&reference, &[]);
+    assert_eq!(fs::read(mount.join("f0")).unwrap(), files[0]);
+    assert_eq!(fs::read(mount.join("f9")).unwrap(), files[9]);
+    mount.umount();
+    let list = sandbox
+        .cache()
+        .join("traces/sha256")
+        .join(image.manifest_digest.hex());
+    assert!(list.is_file(), "no prefetch list at {}", list.display());
+
+    sandbox.prune_blobs();
+    proxy.clear_log();
+    // The list names two files, so the prefetch sends two Range requests; every
+    // request after those (the background download's, a read's) stalls.
+    let stall = Fault::Stall(std::time::Duration::from_secs(300));
+    hold_background(&proxy, &image, stall.clone());
+    let layer = image.layers[0].digest.to_string();
+    proxy.add_rule(
+        Rule::new("GET", &format!("/blobs/{layer}"), stall)
+            .with_range(true)
+            .after(2),
+    );
+    let mount = sandbox.mount(&reference, &[]);
+    let fetched = |m: &Mount| m.status()["layers"][0]["bytes_fetched"].as_u64();
+    // f0 and f9 with the spans around them: about 8 of the layer's 20 MiB.
+    let prefetched = wait_until(Duration::from_secs(60), || {
+        fetched(&mount).is_some_and(|n| n >= 4 << 20)
+    });
+    assert!(prefetched, "nothing prefetched: {:#}", mount.status());
+    let bytes: u64 = proxy
+        .log()
+        .iter()
+        .filter(|e| e.path.ends_with(&layer) && e.range.is_some())
+        .map(|e| e.body_bytes)
+        .sum();
+    assert!(
+        bytes < image.layers[0].size / 2,
+        "prefetched {bytes} of {} bytes: more than the opened files' spans",
+        image.layers[0].size
+    );
+    // Any request these reads sent would stall for minutes.
+    let (f0, f9) = (mount.join("f0"), mount.join("f9"));
+    let reads = std::thread::spawn(move || (fs::read(f9).unwrap(), fs::read(f0).unwrap()));
+    assert!(
+        wait_until(Duration::from_secs(30), || reads.is_finished()),
+        "reads of prefetched files waited on the network"
+    );
+    let (got9, got0) = reads.join().unwrap();
+    assert!(got9 == files[9] && got0 == files[0], "wrong bytes");
+    // A file the list does not name is read lazily, as ever.
+    proxy.clear_rules();
+    assert_eq!(fs::read(mount.join("f5")).unwrap(), files[5]);
     mount.umount();
 }
 

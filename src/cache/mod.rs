@@ -91,6 +91,11 @@ impl CacheDir {
         self.root.join("index/sha256").join(layer.hex())
     }
 
+    /// The prefetch list recorded for an image (a manifest digest).
+    pub fn trace_path(&self, image: &Digest) -> PathBuf {
+        self.root.join("traces/sha256").join(image.hex())
+    }
+
     pub fn blob_path(&self, layer: &Digest) -> PathBuf {
         self.root.join("blobs/sha256").join(layer.hex())
     }

@@ -79,6 +79,18 @@ impl SpanCache {
     }
 }
 
+/// The compressed bytes a read of `len` bytes at `offset` inflates: whole
+/// spans, as [`SpanCache::read`] reads them.
+pub fn compressed_range(seek: &SeekIndex, offset: u64, len: u64) -> (u64, u64) {
+    let end = offset.saturating_add(len).min(seek.uncompressed_size);
+    if end <= offset {
+        return (0, 0);
+    }
+    let (start, _) = span_of(seek, offset);
+    let (_, span_end) = span_of(seek, end - 1);
+    seek.compressed_span_for(start, span_end - start)
+}
+
 /// The uncompressed range `[start, end)` of the span holding `offset`.
 fn span_of(seek: &SeekIndex, offset: u64) -> (u64, u64) {
     if seek.compression == Compression::None || seek.points.is_empty() {

@@ -123,7 +123,7 @@ fn ls(args: &CacheArgs) -> anyhow::Result<()> {
 fn prune(args: &PruneArgs) -> anyhow::Result<()> {
     let cache = args.cache.open()?;
     let doomed: &[&str] = if args.what.all {
-        &["blobs", "chunks", "files", "index", "tmp", "logs"]
+        &["blobs", "chunks", "files", "index", "traces", "tmp", "logs"]
     } else {
         &["blobs", "chunks", "files", "tmp"]
     };

@@ -18,7 +18,7 @@ use super::RegistryArgs;
 use super::layers::{CacheArgs, IndexedImage};
 use crate::fs::{ContentReader, LazyFs, STATUS_XATTR, unmount};
 use crate::layer::seek::DEFAULT_SPAN;
-use crate::materialize::{LayerStatus, Layers};
+use crate::materialize::{LayerStatus, Layers, RECORD_WINDOW, Trace};
 
 /// Set in the daemon's environment: the pipe on which it reports that the
 /// mount is up (or why it is not).
@@ -46,6 +46,11 @@ pub struct MountArgs {
     /// Let other users (and container runtimes) use the mount.
     #[arg(long)]
     allow_other: bool,
+
+    /// Do not fetch ahead the files a previous mount of the image read
+    /// first (the list is kept in the cache beside the indexes).
+    #[arg(long)]
+    no_prefetch: bool,
 
     /// Memory for inflated layer spans, in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 256)]
@@ -86,6 +91,10 @@ impl ContentReader for MountContent {
 
     fn local_file(&self, layer: usize, offset: u64) -> Option<PathBuf> {
         self.layers.local_file(layer, offset)
+    }
+
+    fn opened(&self, layer: usize, offset: u64, len: u64) {
+        self.layers.opened(layer, offset, len);
     }
 
     fn status(&self) -> String {
@@ -219,7 +228,7 @@ fn spawn_daemon(cache: &CacheArgs, argv: Vec<OsString>) -> anyhow::Result<(u32, 
 /// Mounts and serves until unmounted or signalled.
 fn serve(args: &MountArgs, mut ready: Option<File>) -> anyhow::Result<()> {
     let result = start(args);
-    let session = match result {
+    let (session, save_trace) = match result {
         Ok(s) => s,
         Err(e) => {
             if let Some(pipe) = ready.as_mut() {
@@ -251,12 +260,17 @@ fn serve(args: &MountArgs, mut ready: Option<File>) -> anyhow::Result<()> {
             args.mountpoint.display()
         );
     }
-    session.run().context("serving the mount")?;
+    let served = session.run().context("serving the mount");
+    save_trace();
+    served?;
     tracing::info!("unmounted");
     Ok(())
 }
 
-fn start(args: &MountArgs) -> anyhow::Result<fuser::Session<LazyFs>> {
+/// The mounted session, and what stores the prefetch list it recorded.
+type Started = (fuser::Session<LazyFs>, Arc<dyn Fn() + Send + Sync>);
+
+fn start(args: &MountArgs) -> anyhow::Result<Started> {
     let image = IndexedImage::load(&args.registry, &args.cache, &args.reference, DEFAULT_SPAN)?;
     let tree = Arc::new(image.tree()?);
     let indexes = image.layers.into_iter().map(|(index, _)| index).collect();
@@ -299,10 +313,28 @@ fn start(args: &MountArgs) -> anyhow::Result<fuser::Session<LazyFs>> {
             }
         }
     }));
+    let trace = (!args.no_prefetch)
+        .then(|| Trace::load(&image.cache, &image.image.digest))
+        .flatten();
+    let store_trace: Arc<dyn Fn() + Send + Sync> = {
+        let (cache, digest, layers) = (
+            image.cache.reopen()?,
+            image.image.digest.clone(),
+            Arc::clone(&layers),
+        );
+        Arc::new(move || layers.store_trace(&cache, &digest))
+    };
     layers
-        .materialize(image.cache)
+        .materialize(image.cache, trace)
         .context("starting the background download")?;
-    Ok(session)
+    // A long-lived mount stores its list once startup is over; a short one
+    // when it is unmounted.
+    let early = Arc::clone(&store_trace);
+    std::thread::spawn(move || {
+        std::thread::sleep(RECORD_WINDOW);
+        early();
+    });
+    Ok((session, store_trace))
 }
 
 #[derive(Args)]

@@ -40,6 +40,8 @@ pub trait ContentReader: Send + Sync + 'static {
     fn local_file(&self, layer: usize, offset: u64) -> Option<std::path::PathBuf>;
     /// JSON answered for [`STATUS_XATTR`].
     fn status(&self) -> String;
+    /// A file whose data is `len` bytes at `offset` of `layer` was opened.
+    fn opened(&self, layer: usize, offset: u64, len: u64);
 }
 
 pub struct LazyFs {
@@ -141,6 +143,9 @@ impl Filesystem for LazyFs {
         };
         let (local, verified) = match &node.kind {
             NodeKind::File(c) => {
+                if c.size > 0 {
+                    self.content.opened(c.layer, c.offset, c.size);
+                }
                 let local = (self.passthrough && c.size > 0)
                     .then(|| self.content.local_file(c.layer, c.offset))
                     .flatten();

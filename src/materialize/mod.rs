@@ -4,12 +4,15 @@
 //! it is marked ready.
 
 mod extract;
+mod prefetch;
+
+pub use prefetch::{RECORD_WINDOW, Trace};
 
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +29,11 @@ use crate::registry::{HttpBlob, LayerDescriptor, RegistryClient, RegistryError};
 /// turned into a failed layer.
 const FIRST_RETRY_DELAY: Duration = Duration::from_secs(2);
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
+/// The background download starts once reads of layers that are not local
+/// have paused this long (or after [`MAX_QUIET_WAIT`]): it would otherwise
+/// take most of the link from a container that is starting.
+const QUIET: Duration = Duration::from_millis(300);
+const MAX_QUIET_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -82,6 +90,10 @@ pub struct Layers {
     layers: Vec<Layer>,
     spans: SpanCache,
     on_failure: std::sync::OnceLock<FailureHook>,
+    recorder: prefetch::Recorder,
+    created: Instant,
+    /// When (ms after `created`) a read last went to a layer that is not local.
+    last_remote_read: AtomicU64,
 }
 
 fn lock_err<T>(e: std::sync::PoisonError<T>) -> T {
@@ -131,6 +143,9 @@ impl Layers {
             layers,
             spans: SpanCache::new(memory_bytes),
             on_failure: std::sync::OnceLock::new(),
+            recorder: prefetch::Recorder::new(),
+            created: Instant::now(),
+            last_remote_read: AtomicU64::new(0),
         })
     }
 
@@ -152,7 +167,11 @@ impl Layers {
         }
         let blob: Arc<dyn BlobReader> = match l.source.read().unwrap_or_else(lock_err).as_ref() {
             Some(Source::Local(file)) => file.clone(),
-            Some(Source::Remote(chunks)) => chunks.clone(),
+            Some(Source::Remote(chunks)) => {
+                self.last_remote_read
+                    .store(self.millis(), Ordering::Relaxed);
+                chunks.clone()
+            }
             None => {
                 return Err(failed().unwrap_or_else(|| ReadError::Layer {
                     layer: l.descriptor.digest.to_string(),
@@ -210,18 +229,44 @@ impl Layers {
         files.as_deref().map(|dir| extract::file_at(dir, offset))
     }
 
-    /// Completes and verifies, one after the other, every layer that is not
-    /// local yet; each becomes ready (served from the verified local blob)
-    /// or failed (its reads give EIO from then on). Then writes out the
-    /// files of every ready layer, for passthrough reads.
+    fn millis(&self) -> u64 {
+        self.created.elapsed().as_millis() as u64
+    }
+
+    /// Waits until reads of layers that are not local pause for [`QUIET`].
+    fn wait_quiet(&self) {
+        let deadline = Instant::now() + MAX_QUIET_WAIT;
+        while Instant::now() < deadline {
+            let since = self
+                .millis()
+                .saturating_sub(self.last_remote_read.load(Ordering::Relaxed));
+            let Some(left) = QUIET.checked_sub(Duration::from_millis(since)) else {
+                return;
+            };
+            std::thread::sleep(left.max(Duration::from_millis(10)));
+        }
+    }
+
+    /// Fetches ahead what `trace` lists, then completes and verifies, one
+    /// after the other, every layer that is not local yet; each becomes
+    /// ready (served from the verified local blob) or failed (its reads give
+    /// EIO from then on). Then writes out the files of every ready layer,
+    /// for passthrough reads.
     pub fn materialize(
         self: &Arc<Self>,
         cache: CacheDir,
+        trace: Option<Trace>,
     ) -> io::Result<std::thread::JoinHandle<()>> {
         let layers = Arc::clone(self);
         std::thread::Builder::new()
             .name("materialize".into())
             .spawn(move || {
+                if let Some(trace) = trace {
+                    layers.prefetch(&trace);
+                }
+                if layers.status().iter().any(|l| l.state != State::Ready) {
+                    layers.wait_quiet();
+                }
                 for (i, layer) in layers.layers.iter().enumerate() {
                     let chunks = match layer.source.read().unwrap_or_else(lock_err).as_ref() {
                         Some(Source::Remote(chunks)) => chunks.clone(),
