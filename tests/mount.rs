@@ -406,6 +406,90 @@ fn prefetch_list_fetches_what_a_mount_read_first() {
     mount.umount();
 }
 
+/// Puts `/sbin/mount.fuse.lazypull` (where mount(8) looks for the helper of type
+/// `fuse.lazypull`) in place for a test, and puts back what was there after.
+struct Helper {
+    previous: Option<std::path::PathBuf>,
+}
+
+const HELPER: &str = "/sbin/mount.fuse.lazypull";
+
+impl Helper {
+    fn install() -> Helper {
+        let previous = fs::read_link(HELPER).ok();
+        let _ = fs::remove_file(HELPER);
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_lazypull"), HELPER).unwrap();
+        Helper { previous }
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(HELPER);
+        if let Some(p) = &self.previous {
+            let _ = std::os::unix::fs::symlink(p, HELPER);
+        }
+    }
+}
+
+/// `mount -t fuse.lazypull REF DIR -o OPTIONS`, as an fstab line of that type does, mounts
+/// the image through the helper; options lazypull does not know are refused by name.
+#[test]
+fn mount_8_mounts_through_the_helper() {
+    let reg = TestRegistry::start(Variant::Plain);
+    let spec = ImageSpec::new(vec![(
+        TarBuilder::new()
+            .file("hello", "from fstab\n", 0o644)
+            .build(),
+        Compression::Gzip,
+    )]);
+    image::push_image(&reg, "test/helper", "v1", &spec);
+    let reference = format!("{}/test/helper:v1", reg.host());
+    let sandbox = Sandbox::new();
+    let mnt = sandbox.mountpoint("mnt");
+    let _helper = Helper::install();
+    let mount = |options: &str| {
+        Command::new("mount")
+            .args(["-t", "fuse.lazypull", "-o", options, &reference])
+            .arg(&mnt)
+            .env("HOME", sandbox.cache())
+            .output()
+            .unwrap()
+    };
+    let cache = sandbox.cache();
+    let out = mount(&format!(
+        "ro,nosuid,nodev,_netdev,cache-dir={}",
+        cache.display()
+    ));
+    assert!(
+        out.status.success(),
+        "mount(8) failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        fs::read_to_string(mnt.join("hello")).unwrap(),
+        "from fstab\n"
+    );
+    let lazypull = |args: &[&str]| {
+        let out = sandbox.command(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let status = lazypull(&["status", mnt.to_str().unwrap()]);
+    assert!(status.contains(&reference), "{status}");
+    lazypull(&["umount", mnt.to_str().unwrap()]);
+    assert!(!common::mount::is_mounted(&mnt));
+
+    let out = mount("ro,colour=blue");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("unknown mount option `colour=blue`"),
+        "{stderr}"
+    );
+    assert!(!common::mount::is_mounted(&mnt));
+}
+
 #[test]
 fn writes_fail_with_erofs() {
     let reg = TestRegistry::start(Variant::Plain);

@@ -2,6 +2,7 @@
 
 mod bundle;
 mod cache;
+mod helper;
 mod index;
 mod inspect;
 mod layers;
@@ -9,6 +10,7 @@ mod ls;
 mod mount;
 mod run;
 
+use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -111,14 +113,22 @@ impl RegistryArgs {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut argv: Vec<OsString> = std::env::args_os().collect();
+    if argv.first().is_some_and(|a| helper::invoked_as_helper(a)) {
+        argv = match helper::translate(&argv[1..]) {
+            Ok(Some(argv)) => argv,
+            Ok(None) => return ExitCode::SUCCESS,
+            Err(e) => return failure(&e),
+        };
+    }
+    let cli = Cli::parse_from(&argv);
     init_logging(cli.verbose);
     let done = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
     let result = match cli.command {
         Command::Inspect(args) => done(inspect::run(&args)),
         Command::Ls(args) => done(ls::run(&args)),
         Command::Index(args) => done(index::run(&args)),
-        Command::Mount(args) => done(mount::run(&args)),
+        Command::Mount(args) => done(mount::run(&args, argv.split_off(1))),
         Command::Umount(args) => done(mount::umount(&args)),
         Command::Status(args) => done(mount::status(&args)),
         Command::Cache(args) => done(cache::run(&args)),
@@ -127,13 +137,12 @@ pub fn main() -> ExitCode {
         // The container's exit status is the command's.
         Command::Run(args) => run::run(&args),
     };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("lazypull: error: {}", error_message(&e));
-            ExitCode::FAILURE
-        }
-    }
+    result.unwrap_or_else(|e| failure(&e))
+}
+
+fn failure(e: &anyhow::Error) -> ExitCode {
+    eprintln!("lazypull: error: {}", error_message(e));
+    ExitCode::FAILURE
 }
 
 /// The error and its causes on one line. Our errors already name their

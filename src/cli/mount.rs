@@ -108,7 +108,9 @@ impl ContentReader for MountContent {
     }
 }
 
-pub fn run(args: &MountArgs) -> anyhow::Result<()> {
+/// `argv` is the command line (without the program name) the daemon is
+/// started with.
+pub fn run(args: &MountArgs, argv: Vec<OsString>) -> anyhow::Result<()> {
     if !args.mountpoint.is_dir() {
         bail!(
             "mount point {} is not an existing directory",
@@ -120,7 +122,7 @@ pub fn run(args: &MountArgs) -> anyhow::Result<()> {
         let result = serve(args, ready);
         return result;
     }
-    let (pid, log_path) = spawn_daemon(&args.cache, std::env::args_os().skip(1).collect())?;
+    let (pid, log_path) = spawn_daemon(&args.cache, argv)?;
     println!(
         "mounted {} at {} (daemon pid {pid}, log {})",
         args.reference,
