@@ -6,10 +6,11 @@
 mod common;
 
 use std::fs;
+use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 use common::image::{self, Compression, ImageSpec, PushedImage, PushedLayer};
-use common::mount::{Mount, Sandbox, WAIT, is_mounted};
+use common::mount::{Mount, Sandbox, WAIT, hold_background, is_mounted, states};
 use common::proxy::{Fault, FaultProxy, Rule};
 use common::registry::{TestRegistry, Variant};
 use common::tarball::TarBuilder;
@@ -134,7 +135,7 @@ fn assert_final_files_whole(sandbox: &Sandbox, image: &PushedImage) {
     }
 }
 
-fn layer<'a>(status: &'a Value, i: usize) -> &'a Value {
+fn layer(status: &Value, i: usize) -> &Value {
     &status["layers"][i]
 }
 
@@ -233,6 +234,64 @@ fn a_layer_killed_while_verifying_is_not_downloaded_again() {
     }
     assert_eq!(fs::read(again.join("small")).unwrap(), s.small);
     assert!(fs::read(again.join("big")).unwrap() == s.big, "big differs");
+    again.umount();
+    assert_final_files_whole(&s.sandbox, &s.image);
+}
+
+#[test]
+fn a_resumed_layer_that_fails_its_check_is_fetched_again_from_scratch() {
+    const BIG: usize = 8 << 20;
+    let reg = TestRegistry::start(Variant::Plain);
+    let s = setup(&reg, "test/stale", BIG);
+    let big_layer = &s.image.layers[1];
+    let proxy = FaultProxy::start(&reg.base_url());
+    // The first daemon only reads lazily, and the registry garbles that read: the chunks it
+    // keeps match what it was sent, yet the layer they belong to cannot verify.
+    hold_background(&proxy, &s.image, Fault::Stall(Duration::from_secs(600)));
+    proxy.add_rule(
+        Rule::new(
+            "GET",
+            &format!("/blobs/{}", big_layer.digest),
+            Fault::FlipByte(1000),
+        )
+        .with_range(true),
+    );
+    let reference = format!("{}/test/stale:v1", proxy.host());
+    let mountpoint = s.sandbox.mountpoint("mnt");
+    let mount = s.sandbox.mount_at(&mountpoint, &reference, &[]);
+    let file = fs::File::open(mount.join("big")).unwrap();
+    let mut buf = vec![0u8; 4096];
+    // Garbled bytes may not even inflate; either way they are on disk now.
+    let _ = file.read_exact_at(&mut buf, 0);
+    drop(file);
+    let status = quick_status(&mount);
+    let kept = layer(&status, 1)["bytes_fetched"].as_u64().unwrap();
+    assert!(kept > 0, "the lazy read kept nothing: {status:#}");
+    assert!(
+        proxy
+            .log()
+            .iter()
+            .any(|e| e.fault == Some(Fault::FlipByte(1000))),
+        "the read was not garbled"
+    );
+    kill_and_umount(&s.sandbox, mount);
+
+    proxy.clear_rules();
+    proxy.clear_log();
+    let again = s.sandbox.mount_at(&mountpoint, &reference, &[]);
+    let status = again.wait_for("settled", |st| {
+        st.iter().all(|s| s == "ready" || s == "failed")
+    });
+    assert_eq!(states(&status), ["ready", "ready"], "{status:#}");
+    assert!(fs::read(again.join("big")).unwrap() == s.big, "big differs");
+    let asked = requested(&proxy, big_layer);
+    assert_eq!(
+        asked,
+        2 * big_layer.size - kept,
+        "the rest of the layer, then all of it once more"
+    );
+    let log = s.sandbox.daemon_log();
+    assert!(log.contains("from scratch"), "{log}");
     again.umount();
     assert_final_files_whole(&s.sandbox, &s.image);
 }

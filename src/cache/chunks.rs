@@ -274,7 +274,9 @@ impl<S: RangeSource> ChunkedBlob<S> {
     /// Fetches every missing chunk among `first..last`, each run of missing
     /// chunks with one streamed request. A chunk that a reader fetched or
     /// is fetching while the stream runs ends the stream before its bytes
-    /// are read, and a new one starts past it, so no byte comes twice.
+    /// are read, and a new one starts past it, so a byte comes twice only
+    /// when a reader asks for the very chunk the stream is delivering (and
+    /// what the connection had buffered when it is dropped).
     /// `progress` gets the end offset of each chunk as it is done.
     fn fetch_runs(&self, first: usize, last: usize, progress: &dyn Fn(u64)) -> io::Result<()> {
         let mut i = first;
@@ -299,16 +301,18 @@ impl<S: RangeSource> ChunkedBlob<S> {
             let (_, end) = self.chunk_range(j - 1);
             let mut stream = self.remote.stream(start, end)?;
             let mut k = i;
-            while k < j {
-                let Some(mut chunk) = try_lock(&self.chunks[k]) else {
-                    break;
-                };
-                if *chunk != Chunk::Missing {
-                    break;
-                }
+            // The stream is read without the chunk's lock: a reader must not
+            // wait on a slow or stalled background download.
+            while k < j && self.is_free_and_missing(k)? {
                 let (cs, ce) = self.chunk_range(k);
                 let bytes = &mut buf[..(ce - cs) as usize];
                 stream.read_exact(bytes)?;
+                let mut chunk = lock(&self.chunks[k]);
+                if *chunk != Chunk::Missing {
+                    // A reader fetched it while it streamed in: the one
+                    // chunk that can come twice.
+                    break;
+                }
                 self.store(k, bytes, &mut chunk)?;
                 drop(chunk);
                 progress(ce);
@@ -589,6 +593,26 @@ mod tests {
             5 * CHUNK_SIZE,
             "chunk 3 came once, by the read"
         );
+    }
+
+    #[test]
+    fn a_stalled_download_does_not_hold_up_a_reader() {
+        let (_dir, cache, d) = cache();
+        let r = remote(3 * CHUNK_SIZE as usize);
+        r.hold_at.store(100, Ordering::SeqCst);
+        let blob = ChunkedBlob::open(r.clone(), &cache, &d).unwrap();
+        std::thread::scope(|s| {
+            let fill = s.spawn(|| blob.fill(&|_| {}));
+            while !r.held.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            // Chunk 0 is the one streaming in: the reader fetches it itself.
+            assert_eq!(blob.read_at(5, 10).unwrap(), r.data[5..15]);
+            r.released.store(true, Ordering::SeqCst);
+            fill.join().unwrap().unwrap();
+        });
+        assert_eq!(std::fs::read(blob.path()).unwrap(), r.data);
+        assert_eq!(r.reads.load(Ordering::SeqCst), 1);
     }
 
     #[test]
