@@ -2,14 +2,24 @@
 //! layer digest so layers shared between images are fetched and indexed once.
 //!
 //! Layout: `index/sha256/<hex>` (layer indexes), `blobs/sha256/<hex>`
-//! (verified compressed layers), `chunks/sha256/<hex>.<pid>` (a layer being
-//! fetched: the ranges read so far, see [`chunks`]), `files/sha256/<hex>/`
-//! (a ready layer's regular files, one per data offset, for passthrough
-//! reads), `tmp/` (files being
+//! (verified compressed layers), `chunks/sha256/<hex>` and its
+//! `<hex>.journal` (a layer being fetched: the chunks read so far and which
+//! of them are complete, kept across restarts, see [`chunks`]),
+//! `chunks/sha256/<hex>.pid<N>` (the same for a second daemon fetching a
+//! layer another one holds), `files/sha256/<hex>/` (a ready layer's regular
+//! files, one per data offset, for passthrough reads), `tmp/` (files being
 //! written; renamed into place only when complete, so a crash never leaves a
 //! partial file under a final name).
+//!
+//! A file under `blobs/` or `index/` is trusted without re-hashing: it only
+//! ever gets there by a rename after its digests were checked and its bytes
+//! fsynced (then the directory), so its presence is the proof, also after a
+//! kill or a crash. Re-hashing every blob at mount would cost a full read of
+//! each layer; the mount only checks a blob's size against its descriptor
+//! (free), which catches a file cut short behind the cache's back.
 
 pub mod chunks;
+mod journal;
 pub mod spans;
 
 use std::fs::{self, File};
@@ -112,12 +122,27 @@ impl CacheDir {
         tempfile::TempDir::new_in(&dir).map_err(io_err(&dir))
     }
 
-    /// This process's chunk file for a layer: two mounts fetching the same
-    /// layer at once must not write into each other's file.
+    /// The chunk file of a layer being fetched, kept across restarts (and
+    /// locked by the daemon using it).
     pub fn chunks_path(&self, layer: &Digest) -> PathBuf {
+        self.root.join("chunks/sha256").join(layer.hex())
+    }
+
+    /// Which chunks of [`CacheDir::chunks_path`] are complete.
+    pub fn journal_path(&self, layer: &Digest) -> PathBuf {
         self.root
             .join("chunks/sha256")
-            .join(format!("{}.{}", layer.hex(), std::process::id()))
+            .join(format!("{}.journal", layer.hex()))
+    }
+
+    /// This process's own chunk file for a layer whose shared one another
+    /// daemon holds: two mounts must not write into each other's file.
+    pub fn private_chunks_path(&self, layer: &Digest) -> PathBuf {
+        self.root.join("chunks/sha256").join(format!(
+            "{}{}",
+            private_prefix(layer),
+            std::process::id()
+        ))
     }
 
     /// A new file in `tmp/`, to be filled and then [`CacheDir::commit`]ted.
@@ -160,6 +185,11 @@ impl CacheDir {
         file.write_all(bytes).map_err(io_err(dest))?;
         self.commit(file, dest)
     }
+}
+
+/// How the private chunk files of `layer` are named, before the pid.
+pub fn private_prefix(layer: &Digest) -> String {
+    format!("{}.pid", layer.hex())
 }
 
 #[cfg(test)]

@@ -83,7 +83,8 @@ pub struct LayerStatus {
     pub error: Option<String>,
 }
 
-/// Called with a layer's number when it fails its check.
+/// Called with a layer's number when bytes served from it may have been
+/// wrong: it failed its check, or is fetched again from scratch.
 pub type FailureHook = Box<dyn Fn(usize) + Send + Sync>;
 
 pub struct Layers {
@@ -113,15 +114,14 @@ impl Layers {
         let mut layers = Vec::with_capacity(descriptors.len());
         for (descriptor, index) in descriptors.iter().zip(indexes) {
             let d = &descriptor.digest;
-            let (state, source) = match FileBlob::open(&cache.blob_path(d)) {
-                Ok(blob) => (State::Ready, Source::Local(Arc::new(blob))),
-                Err(_) => {
-                    let chunks =
-                        ChunkedBlob::create(client.blob(d, descriptor.size), &cache.chunks_path(d))
-                            .map_err(|source| LayerError::Read {
-                                layer: d.clone(),
-                                source,
-                            })?;
+            let (state, source) = match local_blob(cache, descriptor) {
+                Some(blob) => (State::Ready, Source::Local(Arc::new(blob))),
+                None => {
+                    let chunks = ChunkedBlob::open(client.blob(d, descriptor.size), cache, d)
+                        .map_err(|source| LayerError::Read {
+                            layer: d.clone(),
+                            source,
+                        })?;
                     (State::Fetching, Source::Remote(Arc::new(chunks)))
                 }
             };
@@ -272,7 +272,10 @@ impl Layers {
                         Some(Source::Remote(chunks)) => chunks.clone(),
                         _ => continue,
                     };
-                    let result = layers.complete(layer, &chunks, &cache);
+                    let mut result = layers.complete(layer, &chunks, &cache);
+                    if result.is_err() && chunks.resumed() {
+                        result = layers.start_over(i, layer, &chunks, &cache, result);
+                    }
                     layers.finish(i, layer, &chunks, result, &cache);
                 }
                 for layer in &layers.layers {
@@ -332,6 +335,38 @@ impl Layers {
         )
     }
 
+    /// A layer resumed from an earlier daemon's chunks failed its check.
+    /// Every kept chunk matched the hash recorded when it was written, so
+    /// the registry most likely served bad bytes (a new download fails the
+    /// same way), but a chunk file changed behind our back would pass that
+    /// test too: one download from scratch, costing a layer's bytes only on
+    /// this rare path, tells the two apart before the layer is failed.
+    fn start_over(
+        &self,
+        i: usize,
+        layer: &Layer,
+        chunks: &ChunkedBlob<HttpBlob>,
+        cache: &CacheDir,
+        failure: Result<(), LayerError>,
+    ) -> Result<(), LayerError> {
+        let d = &layer.descriptor.digest;
+        if let Err(e) = &failure {
+            tracing::warn!(layer = %d, error = %e,
+                "resumed layer failed its check; fetching it again from scratch");
+        }
+        if let Err(source) = chunks.restart() {
+            tracing::warn!(layer = %d, error = %source, "cannot start the layer over");
+            return failure;
+        }
+        self.set_state(layer, State::Fetching, None);
+        // Nothing read from the kept chunks may be served again.
+        self.spans.forget_layer(i);
+        if let Some(hook) = self.on_failure.get() {
+            hook(i);
+        }
+        self.complete(layer, chunks, cache)
+    }
+
     fn finish(
         &self,
         i: usize,
@@ -343,7 +378,7 @@ impl Layers {
         let d = &layer.descriptor.digest;
         let blob_path = cache.blob_path(d);
         let adopted = result.and_then(|()| {
-            cache.adopt(chunks.path(), &blob_path)?;
+            chunks.adopt(cache, &blob_path)?;
             FileBlob::open(&blob_path).map_err(|source| LayerError::Read {
                 layer: d.clone(),
                 source,
@@ -367,7 +402,7 @@ impl Layers {
                     hook(i);
                 }
                 // Nothing unverified is kept.
-                let _ = std::fs::remove_file(chunks.path());
+                chunks.discard();
             }
         }
     }
@@ -375,6 +410,21 @@ impl Layers {
     fn set_state(&self, layer: &Layer, state: State, error: Option<String>) {
         *layer.state.write().unwrap_or_else(lock_err) = (state, error);
     }
+}
+
+/// The layer's verified blob, if the cache has it. Its presence is proof
+/// enough (see [`crate::cache`]); a size other than the descriptor's means
+/// it was damaged behind the cache's back, and it is fetched again.
+fn local_blob(cache: &CacheDir, descriptor: &LayerDescriptor) -> Option<FileBlob> {
+    let path = cache.blob_path(&descriptor.digest);
+    let blob = FileBlob::open(&path).ok()?;
+    if blob.size() == descriptor.size {
+        return Some(blob);
+    }
+    tracing::warn!(layer = %descriptor.digest, size = blob.size(), expected = descriptor.size,
+        "cached blob has the wrong size; removing it and fetching the layer again");
+    let _ = std::fs::remove_file(&path);
+    None
 }
 
 /// A download that broke off may succeed later; a missing blob or wrong

@@ -254,6 +254,17 @@ impl Mount<'_> {
         self.down = true;
     }
 
+    /// SIGKILLs the daemon and waits until it is gone; the dead mount stays until `umount`.
+    pub fn kill(&self) {
+        let pid = self.pid();
+        // SAFETY: kill has no memory preconditions; the pid is this test's daemon.
+        assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) }, 0);
+        assert!(
+            wait_until(Duration::from_secs(10), || !pid_alive(pid)),
+            "daemon {pid} outlived SIGKILL"
+        );
+    }
+
     /// Ends the guard of a mount the test took down some other way (making sure it is).
     pub fn forget(mut self) {
         teardown(self.sandbox, &self.path, self.pid);
