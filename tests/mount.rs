@@ -12,7 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 use common::image::{self, Compression, ImageSpec, PushedImage};
-use common::mount::{Sandbox, hold_background, states};
+use common::mount::{Sandbox, hold_background, random, states};
 use common::proxy::{Fault, FaultProxy, LogEntry};
 use common::registry::{TestRegistry, Variant};
 use common::tarball::TarBuilder;
@@ -23,12 +23,6 @@ use lazypull::digest::Digest;
 const CAPABILITY: [u8; 20] = [
     1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
 ];
-
-fn random(len: usize, seed: u64) -> Vec<u8> {
-    let mut data = vec![0u8; len];
-    fastrand::Rng::with_seed(seed).fill(&mut data);
-    data
-}
 
 /// Three layers that exercise every overlay rule: whiteouts, opaque directories,
 /// replacements both ways, hardlinks within and across layers (and a whited-out
