@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::image::{self, Compression, ImageSpec, PushedImage};
-use common::mount::{Mount, Sandbox, hold_background, states, wait_until};
+use common::mount::{Mount, Sandbox, hold_background, random, states, wait_until};
 use common::proxy::{Fault, FaultProxy, LogEntry, Rule};
 use common::registry::{TestRegistry, Variant};
 use common::tarball::TarBuilder;
@@ -24,12 +24,6 @@ use lazypull::digest::Digest;
 const CAPABILITY: [u8; 20] = [
     1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
 ];
-
-fn random(len: usize, seed: u64) -> Vec<u8> {
-    let mut data = vec![0u8; len];
-    fastrand::Rng::with_seed(seed).fill(&mut data);
-    data
-}
 
 /// Three layers that exercise every overlay rule: whiteouts, opaque directories,
 /// replacements both ways, hardlinks within and across layers (and a whited-out

@@ -9,27 +9,13 @@ use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 use common::image::{self, Compression, ImageSpec};
-use common::mount::{Sandbox, hold_background, is_mounted, pid_alive, wait_until};
+use common::mount::{
+    FOREVER, Sandbox, assert_eio, hold_background, is_mounted, pid_alive, random, wait_until,
+};
 use common::proxy::{Fault, FaultProxy};
 use common::registry::{TestRegistry, Variant};
 use common::tarball::TarBuilder;
 use lazypull::digest::Digest;
-
-/// Long enough to outlast any test: the background download stays held back.
-const FOREVER: Duration = Duration::from_secs(600);
-
-fn random(len: usize, seed: u64) -> Vec<u8> {
-    let mut data = vec![0u8; len];
-    fastrand::Rng::with_seed(seed).fill(&mut data);
-    data
-}
-
-fn assert_eio(result: std::io::Result<Vec<u8>>, what: &str) {
-    match result {
-        Ok(bytes) => panic!("{what}: read {} bytes instead of failing", bytes.len()),
-        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EIO), "{what}: {e}"),
-    }
-}
 
 #[test]
 fn corrupt_blob_fails_its_layer_only() {

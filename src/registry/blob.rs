@@ -9,7 +9,7 @@ use reqwest::header::{CONTENT_RANGE, HeaderMap, HeaderValue, RANGE};
 use reqwest::{StatusCode, Url};
 
 use super::error::RegistryError;
-use super::transport::Transport;
+use super::transport::{Transport, with_root_cause};
 use crate::blob::{BlobReader, RangeSource, clamp_len};
 use crate::digest::Digest;
 
@@ -58,7 +58,7 @@ fn body_error(e: io::Error, what: &str, url: &Url, transport: &Transport) -> Reg
     RegistryError::Transfer {
         what: what.to_string(),
         url: url.to_string(),
-        detail: e.to_string(),
+        detail: with_root_cause(&e),
     }
 }
 
@@ -174,13 +174,14 @@ impl HttpBlob {
     fn read_range(&self, offset: u64, len: usize) -> Result<Vec<u8>, RegistryError> {
         let t = &self.transport;
         let url = blob_url(t, &self.digest)?;
-        let what = format!("blob {}", self.digest);
         let mut out = Vec::with_capacity(len);
         // A registry may answer a Range with fewer bytes than asked: ask again
         // for the rest until the range is complete.
         while out.len() < len {
             let start = offset + out.len() as u64;
             let last = offset + len as u64 - 1;
+            // Names the layer and the bytes in every retry and failure it logs.
+            let what = format!("blob {} bytes {start}-{last}", self.digest);
             let chunk = t
                 .with_retries(&what, || {
                     let (body, covered) = get_from(t, &url, start, Some(last), self.size, &what)?;
@@ -314,7 +315,7 @@ impl Read for BlobStream {
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => e.to_string(),
+                Err(e) => with_root_cause(&e),
             };
             self.body = None;
             self.failures += 1;

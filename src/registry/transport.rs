@@ -173,7 +173,9 @@ impl Transport {
                     std::thread::sleep(delay);
                 }
                 Err(e) => {
-                    if tries > 0 {
+                    // The line a failed read leaves in the log: what (the blob and its
+                    // bytes), the last error, and how many times it was tried again.
+                    if tries > 0 || e.is_transient() {
                         tracing::warn!(what, host = %self.host, retries = tries, error = %e, "giving up");
                     }
                     return Err(e);
@@ -373,13 +375,19 @@ impl Transport {
         status: StatusCode,
     ) -> RegistryError {
         if status == StatusCode::TOO_MANY_REQUESTS
-            && let Some(wait) = resp
+            && let Some(asked) = resp
                 .headers()
                 .get(RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok())
         {
-            std::thread::sleep(Duration::from_secs(wait).min(MAX_RETRY_AFTER));
+            // No wait is longer than `--timeout`: a user bounds how long a read
+            // waits with it, whatever the registry asks for.
+            let wait = Duration::from_secs(asked)
+                .min(MAX_RETRY_AFTER)
+                .min(self.opts.timeout);
+            tracing::info!(what, host = %self.host, retry_after = asked, ?wait, "registry asks to slow down (429)");
+            std::thread::sleep(wait);
         }
         if status == StatusCode::FORBIDDEN {
             return RegistryError::Denied {
@@ -429,7 +437,8 @@ fn build_client(host: &str, opts: &TransportOptions) -> Result<Client, RegistryE
     let mut builder = Client::builder()
         .use_rustls_tls()
         .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(opts.connect_timeout)
+        // `--timeout` bounds every wait, connecting included.
+        .connect_timeout(opts.connect_timeout.min(opts.timeout))
         .timeout(opts.timeout)
         .user_agent(concat!("lazypull/", env!("CARGO_PKG_VERSION")))
         .danger_accept_invalid_certs(opts.insecure);
@@ -525,6 +534,17 @@ fn error_code(resp: Response) -> String {
         _ => String::from_utf8_lossy(&body[..body.len().min(200)])
             .trim()
             .to_string(),
+    }
+}
+
+/// An error and, if it says something else, its root cause: a broken body is
+/// "error decoding response body: connection reset by peer", not just the former.
+pub(super) fn with_root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let (top, root) = (e.to_string(), root_cause(e));
+    if top.contains(&root) {
+        top
+    } else {
+        format!("{top}: {root}")
     }
 }
 

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod cold;
 pub mod debian;
 pub mod image;
 pub mod mount;

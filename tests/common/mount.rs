@@ -15,6 +15,47 @@ use super::proxy::{Fault, FaultProxy, Rule};
 /// How long a mount may take to come up or a layer to reach a state.
 pub const WAIT: Duration = Duration::from_secs(90);
 
+/// Long enough to outlast any test: a fault (a stall of the background download) that
+/// lasts until the test clears it.
+pub const FOREVER: Duration = Duration::from_secs(600);
+
+/// `len` pseudo-random bytes: incompressible, so a gzip layer of them is as large as they are.
+pub fn random(len: usize, seed: u64) -> Vec<u8> {
+    let mut data = vec![0u8; len];
+    fastrand::Rng::with_seed(seed).fill(&mut data);
+    data
+}
+
+/// Asserts that a read failed with EIO.
+pub fn assert_eio(result: std::io::Result<Vec<u8>>, what: &str) {
+    match result {
+        Ok(bytes) => panic!("{what}: read {} bytes instead of failing", bytes.len()),
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EIO), "{what}: {e}"),
+    }
+}
+
+/// Runs `f` (a read of the mount, say) on a thread of its own and returns its result,
+/// failing the test if it takes longer than `limit`: a hung FUSE read fails the test
+/// instead of blocking it, and the test thread keeps the mount guard, whose drop takes
+/// the mount down and so ends the stuck read.
+pub fn within<T: Send + 'static>(
+    limit: Duration,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(v) => v,
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("{what} did not finish within {limit:?}")
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("{what} panicked"),
+    }
+}
+
 /// What one run of the binary printed and how it ended.
 pub struct Run {
     pub success: bool,
@@ -99,6 +140,22 @@ impl Sandbox {
         args.extend(extra);
         args.push(reference);
         self.ok(&args);
+    }
+
+    /// Stores credentials for `hosts` where lazypull looks for them (`REGISTRY_AUTH_FILE`).
+    pub fn login(&self, hosts: &[&str], user: &str, password: &str) {
+        use base64::Engine;
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let auths: serde_json::Map<String, Value> = hosts
+            .iter()
+            .map(|h| (h.to_string(), serde_json::json!({ "auth": auth })))
+            .collect();
+        let config = serde_json::json!({ "auths": auths });
+        fs::write(
+            self.dir.path().join("auth.json"),
+            serde_json::to_vec_pretty(&config).unwrap(),
+        )
+        .unwrap();
     }
 
     /// Drops the cached layer blobs, keeping the indexes: the next mount reads lazily.
