@@ -95,7 +95,7 @@ fn wrong_diff_id_fails_a_mount_even_when_the_blob_is_cached() {
         "app",
         "lying",
         &[(blob.clone(), media_type)],
-        &[wrong.clone()],
+        std::slice::from_ref(&wrong),
     );
     let layer = &lying.layers[0].digest;
     let needles = [
