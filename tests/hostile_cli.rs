@@ -6,51 +6,9 @@ mod common;
 use std::fs;
 use std::process::Command;
 
-use common::cli::lazypull;
-use common::image::{Compression, ImageSpec, push_image};
-use common::registry::{TestRegistry, Variant};
+use common::cli::refused;
 use common::tarball::TarBuilder;
 use tar::EntryType;
-
-/// A harmless first layer, so the hostile one is not alone.
-fn base() -> Vec<u8> {
-    TarBuilder::new()
-        .dir("etc", 0o755)
-        .file("etc/passwd", "root:x:0:0::/root:/bin/sh\n", 0o644)
-        .build()
-}
-
-/// Pushes `base()` and `hostile` (gzip) and lists the image; asserts the error names the
-/// hostile layer's digest and every one of `needles`, and that the directory holding the cache
-/// (the working directory of the run) holds nothing else. Returns stderr.
-fn refused(hostile: Vec<u8>, needles: &[&str]) -> String {
-    let reg = TestRegistry::start(Variant::Plain);
-    let spec = ImageSpec::new(vec![
-        (base(), Compression::Gzip),
-        (hostile, Compression::Gzip),
-    ]);
-    let image = push_image(&reg, "evil", "1", &spec);
-    let work = tempfile::tempdir().unwrap();
-    let cache = work.path().join("cache");
-    let reference = format!("{}/evil:1", reg.host());
-    let err = lazypull(&cache, &["ls", "-R", &reference]).error();
-    let layer = image.layers[1].digest.to_string();
-    assert!(err.contains(&layer), "no layer digest {layer} in: {err}");
-    for needle in needles {
-        assert!(err.contains(needle), "no {needle:?} in: {err}");
-    }
-    let beside: Vec<_> = fs::read_dir(work.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    assert_eq!(beside, ["cache"], "written next to the cache");
-    assert_eq!(
-        fs::read_dir(cache.join("tmp")).unwrap().count(),
-        0,
-        "left in the cache's tmp/"
-    );
-    err
-}
 
 #[test]
 fn parent_dir_name() {

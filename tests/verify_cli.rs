@@ -5,17 +5,13 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
 
-use common::cli::lazypull;
-use common::image::{
-    Compression, Format, ImageSpec, OCI_CONFIG, OCI_MANIFEST, push_blob, push_image, push_manifest,
-};
+use common::cli::{assert_cache_holds_only, lazypull};
+use common::image::{Compression, Format, ImageSpec, push_image, push_with_diff_ids};
 use common::proxy::FaultProxy;
 use common::registry::{TestRegistry, Variant};
 use common::tarball::TarBuilder;
 use lazypull::digest::Digest;
-use serde_json::json;
 
 fn layer_tar(seed: u8) -> Vec<u8> {
     // Incompressible data, so a flipped byte in the middle of the blob lands in file data.
@@ -25,76 +21,6 @@ fn layer_tar(seed: u8) -> Vec<u8> {
         .dir("data", 0o755)
         .file(&format!("data/{seed}"), data, 0o644)
         .build()
-}
-
-/// Files under `dir` (recursively), as paths relative to it.
-fn files_under(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir(dir).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_dir() {
-            out.extend(files_under(&entry.path()));
-        } else {
-            out.push(entry.path().display().to_string());
-        }
-    }
-    out
-}
-
-/// Nothing but the index and blob of `kept` layers is in the cache, and `tmp/` is empty.
-fn assert_cache_holds_only(cache: &Path, kept: &[&Digest]) {
-    let mut expected: Vec<String> = kept
-        .iter()
-        .flat_map(|d| {
-            ["blobs", "index"].map(|sub| {
-                cache
-                    .join(sub)
-                    .join("sha256")
-                    .join(d.hex())
-                    .display()
-                    .to_string()
-            })
-        })
-        .collect();
-    expected.sort();
-    let mut found = files_under(cache);
-    found.sort();
-    assert_eq!(found, expected, "cache contents");
-}
-
-/// Pushes `blobs` (already compressed, with their media types) as `repo:tag` with a config
-/// that claims `diff_ids`.
-fn push_by_hand(
-    reg: &TestRegistry,
-    repo: &str,
-    tag: &str,
-    blobs: &[(Vec<u8>, &str)],
-    diff_ids: &[Digest],
-) {
-    let config = json!({
-        "architecture": common::image::host_arch(), "os": "linux", "config": {},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids.iter().map(Digest::to_string).collect::<Vec<_>>()},
-    });
-    let config = serde_json::to_vec(&config).unwrap();
-    let config_digest = push_blob(reg, repo, &config);
-    let layers: Vec<_> = blobs
-        .iter()
-        .map(|(blob, media_type)| {
-            json!({"mediaType": media_type, "digest": push_blob(reg, repo, blob).to_string(), "size": blob.len()})
-        })
-        .collect();
-    let manifest = json!({
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": config_digest.to_string(), "size": config.len()},
-        "layers": layers,
-    });
-    push_manifest(
-        reg,
-        repo,
-        tag,
-        OCI_MANIFEST,
-        &serde_json::to_vec(&manifest).unwrap(),
-    );
 }
 
 #[test]
@@ -143,7 +69,7 @@ fn wrong_diff_id_in_config_fails_and_keeps_nothing() {
     for (tag, compression) in [("gzip", Compression::Gzip), ("none", Compression::None)] {
         let blob = compression.compress(&tar);
         let media_type = compression.media_type(Format::Oci);
-        push_by_hand(
+        push_with_diff_ids(
             &reg,
             "app",
             tag,
@@ -174,7 +100,7 @@ fn truncated_compressed_stream_is_a_clear_error() {
         // The registry holds the short blob under its own digest: only the stream is wrong.
         let short = full[..full.len() * 2 / 3].to_vec();
         let media_type = compression.media_type(Format::Oci);
-        push_by_hand(
+        push_with_diff_ids(
             &reg,
             "app",
             tag,

@@ -121,6 +121,13 @@ pub enum TarError {
     Climbs { entry: String },
     #[error("tar entry `{entry}`: hardlink target `{target}` climbs out of the root")]
     HardlinkClimbs { entry: String, target: String },
+    #[error("tar entry `{entry}` ({where_}): bad header: {source}")]
+    Header {
+        entry: String,
+        where_: Where,
+        #[source]
+        source: io::Error,
+    },
     #[error("tar entry `{entry}`: sparse files are not supported")]
     Sparse { entry: String },
     #[error("tar entry `{entry}`: absurd size {size}")]
@@ -216,9 +223,18 @@ pub fn read_entries<R: Read>(reader: &mut R) -> Result<Vec<TarEntry>, TarError> 
         let mut entry = match next {
             None => break,
             Some(Err(e)) => {
-                // The crate parses GNU sparse maps before handing the entry out; say what it was.
-                return Err(match sparse_name(&captured, resume) {
-                    Some(entry) => TarError::Sparse { entry },
+                // The crate checks sizes and parses GNU sparse maps before handing the entry
+                // out; name the entry when its header is sound enough to say which it was.
+                return Err(match failed_entry(&captured, resume) {
+                    Some((entry, b'S', _)) => TarError::Sparse { entry },
+                    Some((entry, _, Some(size))) if size > i64::MAX as u64 => {
+                        TarError::AbsurdSize { entry, size }
+                    }
+                    Some((entry, _, _)) => TarError::Header {
+                        entry,
+                        where_: Where(last.as_deref().map(show)),
+                        source: e,
+                    },
                     None => stream_err(&last, e),
                 });
             }
@@ -316,30 +332,54 @@ impl Extensions {
     }
 }
 
-/// Name of the GNU sparse entry whose header was captured, if the captured headers end in one.
-fn sparse_name(captured: &[u8], start: u64) -> Option<String> {
-    let mut at = start.div_ceil(BLOCK) * BLOCK - start;
+/// Name, type flag and size field of the entry whose headers (extension headers first) were
+/// captured before the crate gave up on it; `None` unless its header has a valid checksum.
+fn failed_entry(captured: &[u8], start: u64) -> Option<(String, u8, Option<u64>)> {
+    let block_len = BLOCK as usize;
+    let mut at = (start.div_ceil(BLOCK) * BLOCK - start) as usize;
     let mut long_name = None;
+    let mut pax_name = None;
     loop {
-        let block = captured.get(at as usize..(at + BLOCK) as usize)?;
+        let block = captured.get(at..at + block_len)?;
         let mut header = tar::Header::new_old();
         header.as_mut_bytes().copy_from_slice(block);
-        let size = header.entry_size().ok()?.min(MAX_SPECIAL);
-        match header.as_old().linkflag[0] {
-            b'S' => {
-                let name = long_name.unwrap_or_else(|| header.path_bytes().into_owned());
-                return Some(show(&name));
-            }
-            flag @ (b'L' | b'K' | b'x') => {
-                if flag == b'L' {
-                    let data = captured.get((at + BLOCK) as usize..(at + BLOCK + size) as usize)?;
-                    long_name = Some(until_nul(data).to_vec());
-                }
-                at += BLOCK + size.div_ceil(BLOCK) * BLOCK;
-            }
-            _ => return None,
+        if !checksum_ok(&header) {
+            return None;
         }
+        let flag = header.as_old().linkflag[0];
+        if !matches!(flag, b'L' | b'K' | b'x') {
+            let name = long_name
+                .or(pax_name)
+                .unwrap_or_else(|| header.path_bytes().into_owned());
+            return Some((show(&name), flag, header.entry_size().ok()));
+        }
+        let size = usize::try_from(header.entry_size().ok()?.min(MAX_SPECIAL)).ok()?;
+        let data = captured.get(at + block_len..at + block_len + size)?;
+        match flag {
+            b'L' => long_name = Some(until_nul(data).to_vec()),
+            b'x' => {
+                pax_name = parse_pax(data)
+                    .ok()?
+                    .into_iter()
+                    .rev()
+                    .find(|(k, _)| k == b"path")
+                    .map(|(_, v)| v);
+            }
+            _ => {}
+        }
+        at += block_len + size.div_ceil(block_len) * block_len;
     }
+}
+
+/// Whether a header block's checksum field matches its bytes (the field counted as spaces).
+fn checksum_ok(header: &tar::Header) -> bool {
+    let sum: u32 = header
+        .as_bytes()
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| u32::from(if (148..156).contains(&i) { b' ' } else { b }))
+        .sum();
+    header.cksum().is_ok_and(|stored| stored == sum)
 }
 
 fn until_nul(data: &[u8]) -> &[u8] {

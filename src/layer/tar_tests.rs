@@ -318,6 +318,32 @@ fn absurd_sizes_are_refused() {
 }
 
 #[test]
+fn sizes_the_crate_cannot_step_over_name_the_entry() {
+    // u64::MAX in a base-256 size field: the crate fails before it hands the entry out.
+    let mut gnu = tar::Header::new_gnu();
+    gnu.set_path("max").unwrap();
+    gnu.set_size(u64::MAX);
+    gnu.set_cksum();
+    let mut out = Vec::new();
+    push(&mut out, &header(b"first", b'0', 1), b"x");
+    push_pax(&mut out, &[("path", b"pax/long/name")]);
+    push(&mut out, &gnu, b"");
+    let msg = refused(finish(out));
+    assert!(
+        msg.contains("`pax/long/name`") && msg.contains("absurd size"),
+        "{msg}"
+    );
+    // A header whose checksum fails names no entry from its garbage.
+    let mut out = Vec::new();
+    push(&mut out, &header(b"first", b'0', 1), b"x");
+    let mut bad = header(b"garbage", b'0', 0);
+    bad.as_old_mut().name[0] = b'G';
+    push(&mut out, &bad, b"");
+    let msg = refused(finish(out));
+    assert!(!msg.contains("arbage`"), "{msg}");
+}
+
+#[test]
 fn header_only_entries_with_data_are_refused() {
     let mut out = Vec::new();
     push(&mut out, &header(b"dir", b'5', 512), &[0; 512]);

@@ -122,11 +122,13 @@ impl RegistryClient {
         let config: ImageConfiguration = serde_json::from_slice(&config_json)
             .map_err(|e| self.invalid("image config", e.to_string()))?;
         let diff_ids = config.rootfs().diff_ids();
+        // Checked before any layer is read: which diff_id belongs to which layer is unknowable.
         if diff_ids.len() != image.layers().len() {
             return Err(self.invalid(
-                "image config",
+                &format!("image config {}", config_ref.digest),
                 format!(
-                    "it lists {} diff_ids for {} layers",
+                    "it lists {} diff_ids for the manifest's {} layers; the image is broken, \
+                     rebuild it and push it again",
                     diff_ids.len(),
                     image.layers().len()
                 ),

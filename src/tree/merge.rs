@@ -1,6 +1,6 @@
 //! Applying layers one over another (OCI image-spec layer.md), on a flat map of paths.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::layer::tar::{EntryKind, Mtime, TarEntry, show};
 
@@ -76,14 +76,6 @@ fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
     }
 }
 
-/// Strict ancestors of a path, nearest the root first ("" excluded).
-fn ancestors(path: &[u8]) -> impl Iterator<Item = &[u8]> {
-    path.iter()
-        .enumerate()
-        .filter(|&(_, &b)| b == b'/')
-        .map(move |(i, _)| &path[..i])
-}
-
 impl Merged {
     pub fn new() -> Merged {
         Merged {
@@ -120,29 +112,28 @@ impl Merged {
         self.paths.remove(path);
     }
 
-    /// Refuses a path that would be reached through a symlink or a non-directory.
-    fn check_ancestors(&self, path: &[u8]) -> Result<(), Problem> {
-        for dir in ancestors(path) {
+    /// Creates the missing parents of `path`, refusing one reached through a symlink or a
+    /// non-directory. Every path in the map has its parents there too, as directories (a
+    /// non-directory is only ever placed with its subtree removed), so only the nearest
+    /// existing ancestor needs a look: checking them all would cost the square of the depth.
+    fn make_parents(&mut self, path: &[u8]) -> Result<(), Problem> {
+        let mut missing = Vec::new();
+        let mut dir = path;
+        while let Some(i) = dir.iter().rposition(|&b| b == b'/') {
+            dir = &dir[..i];
             match self.obj_at(dir) {
+                Some(obj) if obj.is_dir() => break,
                 Some(Obj {
                     kind: ObjKind::Symlink(_),
                     ..
                 }) => return Err(Problem::BelowSymlink(show(dir))),
-                Some(obj) if !obj.is_dir() => return Err(Problem::BelowNonDir(show(dir))),
-                _ => {}
+                Some(_) => return Err(Problem::BelowNonDir(show(dir))),
+                None => missing.push(dir),
             }
         }
-        Ok(())
-    }
-
-    /// Creates the missing parents of `path`, checking the existing ones.
-    fn make_parents(&mut self, path: &[u8]) -> Result<(), Problem> {
-        self.check_ancestors(path)?;
-        for dir in ancestors(path) {
-            if !self.paths.contains_key(dir) {
-                self.objs.push(Obj::implicit_dir());
-                self.paths.insert(dir.to_vec(), self.objs.len() - 1);
-            }
+        for dir in missing {
+            self.objs.push(Obj::implicit_dir());
+            self.paths.insert(dir.to_vec(), self.objs.len() - 1);
         }
         Ok(())
     }
@@ -164,15 +155,19 @@ impl Merged {
     }
 
     /// Applies one layer (`layer` is its index, bottom = 0) over the layers below.
+    ///
+    /// Entries apply in stream order, as `umoci unpack` and `tar -x` write them: a later entry
+    /// of a path replaces an earlier one (a file over a directory takes the directory's
+    /// subtree with it), and a hardlink names the inode its target has at that point.
     pub fn apply(&mut self, layer: usize, entries: &[TarEntry]) -> Result<(), TreeError> {
         let fail = |entry: &TarEntry, problem| TreeError {
             layer,
             entry: show(&entry.path),
             problem,
         };
-        // Last entry of a path wins (as when unpacking in stream order); whiteouts aside.
-        let mut latest: BTreeMap<&[u8], &TarEntry> = BTreeMap::new();
-        for entry in entries {
+        // Position of the last entry of each path, whiteouts aside.
+        let mut last: HashMap<&[u8], usize> = HashMap::new();
+        for (i, entry) in entries.iter().enumerate() {
             // Whiteouts act on the layers below only, so they go first, wherever they stand.
             // They are lexical: the map never holds a path below a symlink or a file, so they
             // cannot reach through one (umoci would follow the symlink).
@@ -180,19 +175,23 @@ impl Merged {
                 Role::Whiteout(target) => self.remove_tree(&target),
                 Role::Opaque(dir) => self.remove_children(dir),
                 Role::Entry => {
-                    latest.insert(&entry.path, entry);
+                    last.insert(&entry.path, i);
                 }
             }
         }
-        let winner = |entry: &TarEntry| {
-            latest
-                .get(entry.path.as_slice())
-                .is_some_and(|w| std::ptr::eq(*w, entry))
-        };
-        // Sorted paths put every parent before its children, whatever the tar order.
-        for entry in latest.values() {
+        // Hardlinks to a path that comes later in the same tar, tried once the layer is in.
+        let mut forward = Vec::new();
+        for (i, entry) in entries.iter().enumerate() {
+            if !last.contains_key(entry.path.as_slice()) {
+                continue;
+            }
             let kind = match &entry.kind {
-                EntryKind::Hardlink { .. } => continue,
+                EntryKind::Hardlink { target } => {
+                    if !self.link(entry, target).map_err(|p| fail(entry, p))? {
+                        forward.push((i, entry, target));
+                    }
+                    continue;
+                }
                 EntryKind::File { offset, size } => ObjKind::File(Content {
                     layer,
                     offset: *offset,
@@ -222,27 +221,51 @@ impl Merged {
             };
             self.place(&entry.path, obj).map_err(|p| fail(entry, p))?;
         }
-        // Hardlinks last, so a target later in the same tar is found; in tar order, so a link
-        // to a link works when the tar names them in that order.
-        for entry in entries.iter().filter(|e| winner(e)) {
-            let EntryKind::Hardlink { target } = &entry.kind else {
+        // A forward link counts only if no later entry took its name; in tar order, so a link
+        // to an earlier forward link works.
+        // Names of the forward links, to tell a cycle (a → b → a) from a target never written.
+        let pending: HashSet<&[u8]> = forward.iter().map(|(_, e, _)| e.path.as_slice()).collect();
+        for (i, entry, target) in forward {
+            if last.get(entry.path.as_slice()) != Some(&i) {
                 continue;
-            };
-            if entry.path.is_empty() {
-                return Err(fail(entry, Problem::RootNotDir));
             }
-            // Clear the path first: a link that names itself or its own subtree finds nothing.
-            self.remove_tree(&entry.path);
-            let Some(&obj) = self.paths.get(target.as_slice()) else {
-                return Err(fail(entry, Problem::MissingLinkTarget(show(target))));
-            };
-            if self.objs[obj].is_dir() {
-                return Err(fail(entry, Problem::LinkToDir(show(target))));
+            if !self.link(entry, target).map_err(|p| fail(entry, p))? {
+                let problem = if pending.contains(target.as_slice()) {
+                    Problem::LinkToUnresolvedLink(show(target))
+                } else {
+                    Problem::MissingLinkTarget(show(target))
+                };
+                return Err(fail(entry, problem));
             }
-            self.make_parents(&entry.path).map_err(|p| fail(entry, p))?;
-            self.paths.insert(entry.path.clone(), obj);
         }
         Ok(())
+    }
+
+    /// Makes `entry.path` another name of `target`'s inode; false if there is no `target` (yet).
+    fn link(&mut self, entry: &TarEntry, target: &[u8]) -> Result<bool, Problem> {
+        let path = entry.path.as_slice();
+        if path.is_empty() {
+            return Err(Problem::RootNotDir);
+        }
+        // The link replaces its own name first, so its target would be gone: umoci fails the
+        // same way (`link: no such file or directory`).
+        if target == path
+            || target
+                .strip_prefix(path)
+                .is_some_and(|r| r.starts_with(b"/"))
+        {
+            return Err(Problem::LinkToItself(show(target)));
+        }
+        let Some(&obj) = self.paths.get(target) else {
+            return Ok(false);
+        };
+        if self.objs[obj].is_dir() {
+            return Err(Problem::LinkToDir(show(target)));
+        }
+        self.remove_tree(path);
+        self.make_parents(path)?;
+        self.paths.insert(path.to_vec(), obj);
+        Ok(true)
     }
 }
 

@@ -120,6 +120,13 @@ pub struct TreeError {
 pub enum Problem {
     #[error("hardlink target `{0}` exists neither in this layer nor below")]
     MissingLinkTarget(String),
+    #[error("hardlink to itself (target `{0}`): the name it replaces is its own target")]
+    LinkToItself(String),
+    #[error(
+        "hardlink target `{0}` is a hardlink whose own target never appears (a cycle or a chain \
+         of links to nothing)"
+    )]
+    LinkToUnresolvedLink(String),
     #[error("hardlink to directory `{0}`")]
     LinkToDir(String),
     #[error("lies below `{0}`, a symlink")]

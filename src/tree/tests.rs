@@ -154,6 +154,29 @@ fn duplicate_paths_in_a_layer_last_wins() {
 }
 
 #[test]
+fn a_later_file_replaces_a_directory_and_what_came_before_in_it() {
+    let tree = build(&[vec![dir("d", 0o755), file("d/x", 0), file("d", 512)]]).unwrap();
+    assert_eq!(paths(&tree), ["/", "/d"]);
+    assert_eq!(node(&tree, "/d").content().unwrap().offset, 512);
+}
+
+#[test]
+fn a_hardlink_keeps_the_inode_its_target_had_when_it_was_written() {
+    // As `umoci unpack` leaves it: `l` still names the first `f`.
+    let tree = build(&[vec![file("f", 0), hardlink("l", "f"), file("f", 1024)]]).unwrap();
+    assert_eq!(node(&tree, "/l").content().unwrap().offset, 0);
+    assert_eq!(node(&tree, "/f").content().unwrap().offset, 1024);
+    assert_eq!((node(&tree, "/l").nlink, node(&tree, "/f").nlink), (1, 1));
+}
+
+#[test]
+fn a_forward_hardlink_replaced_by_a_later_entry_is_dropped() {
+    let tree = build(&[vec![hardlink("l", "f"), file("l", 0), file("f", 512)]]).unwrap();
+    assert_eq!(node(&tree, "/l").content().unwrap().offset, 0);
+    assert_ne!(node(&tree, "/l").ino, node(&tree, "/f").ino);
+}
+
+#[test]
 fn hardlinks_share_an_inode_in_layer_and_across_layers() {
     let tree = build(&[
         vec![hardlink("early", "f"), file("f", 0)],
@@ -239,6 +262,27 @@ fn hardlink_to_nothing_names_layer_and_entry() {
     let msg = refused(&[vec![file("a", 0)], vec![hardlink("l", "ghost")]]);
     assert!(
         msg.contains("layer 1") && msg.contains("`l`") && msg.contains("ghost"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn hardlink_to_itself_is_refused() {
+    for layers in [
+        vec![vec![hardlink("a", "a")]],
+        vec![vec![file("a", 0)], vec![hardlink("a", "a")]],
+        vec![vec![dir("d", 0o755), file("d/x", 0), hardlink("d", "d/x")]],
+    ] {
+        let msg = refused(&layers);
+        assert!(msg.contains("hardlink to itself"), "{msg}");
+    }
+}
+
+#[test]
+fn hardlink_cycle_is_refused() {
+    let msg = refused(&[vec![hardlink("a", "b"), hardlink("b", "a")]]);
+    assert!(
+        msg.contains("`a`") && msg.contains("`b`") && msg.contains("cycle"),
         "{msg}"
     );
 }

@@ -7,6 +7,9 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::Value;
 
+use super::image::{Compression, ImageSpec, push_image};
+use super::registry::{TestRegistry, Variant};
+use super::tarball::TarBuilder;
 use super::unpacked::Entry;
 
 /// What one run of the binary did.
@@ -101,4 +104,79 @@ pub fn ls_entries(
             }
         })
         .collect()
+}
+
+/// Files under `dir` (recursively), as full paths; the daemon logs under `logs/` left out.
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            if entry.file_name() != "logs" {
+                out.extend(files_under(&entry.path()));
+            }
+        } else {
+            out.push(entry.path().display().to_string());
+        }
+    }
+    out
+}
+
+/// Nothing but the index and blob of `kept` layers is in the cache (no chunks, no extracted
+/// files, nothing in `tmp/`), logs aside.
+pub fn assert_cache_holds_only(cache: &Path, kept: &[&lazypull::digest::Digest]) {
+    let mut expected: Vec<String> = kept
+        .iter()
+        .flat_map(|d| {
+            ["blobs", "index"].map(|sub| {
+                cache
+                    .join(sub)
+                    .join("sha256")
+                    .join(d.hex())
+                    .display()
+                    .to_string()
+            })
+        })
+        .collect();
+    expected.sort();
+    let mut found = files_under(cache);
+    found.sort();
+    assert_eq!(found, expected, "cache contents");
+}
+
+/// Pushes a harmless layer and `hostile` (gzip) over it and lists the image with `ls -R`;
+/// asserts the error names the hostile layer's digest and every one of `needles`, and that the
+/// directory holding the cache (the working directory of the run) holds nothing else and the
+/// cache's `tmp/` is empty. Returns stderr.
+pub fn refused(hostile: Vec<u8>, needles: &[&str]) -> String {
+    let reg = TestRegistry::start(Variant::Plain);
+    let base = TarBuilder::new()
+        .dir("etc", 0o755)
+        .file("etc/passwd", "root:x:0:0::/root:/bin/sh\n", 0o644)
+        .build();
+    let spec = ImageSpec::new(vec![
+        (base, Compression::Gzip),
+        (hostile, Compression::Gzip),
+    ]);
+    let image = push_image(&reg, "evil", "1", &spec);
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let reference = format!("{}/evil:1", reg.host());
+    let err = lazypull(&cache, &["ls", "-R", &reference]).error();
+    let layer = image.layers[1].digest.to_string();
+    assert!(err.contains(&layer), "no layer digest {layer} in: {err}");
+    for needle in needles {
+        assert!(err.contains(needle), "no {needle:?} in: {err}");
+    }
+    let beside: Vec<_> = std::fs::read_dir(work.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(beside, ["cache"], "written next to the cache");
+    assert_eq!(
+        std::fs::read_dir(cache.join("tmp")).unwrap().count(),
+        0,
+        "left in the cache's tmp/"
+    );
+    err
 }

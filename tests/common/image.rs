@@ -278,6 +278,51 @@ pub fn push_manifest(
     Digest::of(body)
 }
 
+/// Pushes `blobs` (already compressed, with their media types) as `repo:tag` with a config
+/// that claims `diff_ids`, however many: for images whose config and layers disagree.
+pub fn push_with_diff_ids(
+    reg: &TestRegistry,
+    repo: &str,
+    tag: &str,
+    blobs: &[(Vec<u8>, &str)],
+    diff_ids: &[Digest],
+) -> PushedImage {
+    let config = json!({
+        "architecture": host_arch(), "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids.iter().map(Digest::to_string).collect::<Vec<_>>()},
+    });
+    let config = serde_json::to_vec(&config).unwrap();
+    let config_digest = push_blob(reg, repo, &config);
+    let layers: Vec<PushedLayer> = blobs
+        .iter()
+        .zip(diff_ids.iter().chain(std::iter::repeat(&Digest::of(b""))))
+        .map(|((blob, media_type), diff_id)| PushedLayer {
+            digest: push_blob(reg, repo, blob),
+            diff_id: diff_id.clone(),
+            size: blob.len() as u64,
+            media_type: media_type.to_string(),
+        })
+        .collect();
+    let manifest = json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": config_digest.to_string(), "size": config.len()},
+        "layers": layers.iter().map(|l| json!({
+            "mediaType": l.media_type, "digest": l.digest.to_string(), "size": l.size,
+        })).collect::<Vec<_>>(),
+    });
+    let manifest = serde_json::to_vec(&manifest).unwrap();
+    let manifest_digest = push_manifest(reg, repo, tag, OCI_MANIFEST, &manifest);
+    PushedImage {
+        manifest_digest,
+        manifest_media_type: OCI_MANIFEST.to_string(),
+        manifest,
+        config_digest,
+        config_size: config.len() as u64,
+        config,
+        layers,
+    }
+}
+
 /// A layer compressed ahead of time (by a tool, or cached), pushed as it is.
 pub struct CompressedLayer {
     pub blob: Vec<u8>,

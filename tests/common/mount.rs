@@ -218,6 +218,36 @@ impl Sandbox {
         mount
     }
 
+    /// `lazypull mount --cache-dir CACHE REF <sandbox>/mnt`, which must fail the way every
+    /// error should (`lazypull: error:` first) and leave nothing mounted; its stderr.
+    pub fn mount_error(&self, reference: &str) -> String {
+        let mountpoint = self.mountpoint("mnt");
+        let cache = self.cache();
+        let run = self.run(&[
+            "mount",
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            reference,
+            mountpoint.to_str().unwrap(),
+        ]);
+        let mounted = is_mounted(&mountpoint);
+        if mounted {
+            let _ = Command::new("umount").arg("-l").arg(&mountpoint).status();
+        }
+        assert!(
+            !run.success,
+            "mount of {reference} succeeded:\n{}",
+            run.stdout
+        );
+        assert!(!mounted, "a failed mount left {mountpoint:?} mounted");
+        assert!(
+            run.stderr.starts_with("lazypull: error:"),
+            "stderr: {}",
+            run.stderr
+        );
+        run.stderr
+    }
+
     /// Every daemon log in the cache, oldest first.
     pub fn daemon_log(&self) -> String {
         let Ok(dir) = fs::read_dir(self.cache().join("logs")) else {

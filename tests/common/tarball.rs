@@ -202,6 +202,15 @@ impl TarBuilder {
         self
     }
 
+    /// A regular file whose header claims `declared` bytes (in base-256 past the octal range)
+    /// while only `data` follows: a size larger than the stream.
+    pub fn file_claiming(self, path: &str, declared: u64, data: &[u8]) -> Self {
+        let mut h = header(EntryType::Regular, 0o644, 0, 0, declared);
+        h.set_path(path).unwrap();
+        h.set_cksum();
+        self.raw_header(&h, &[]).raw_bytes(data)
+    }
+
     /// Appends raw bytes (e.g. a truncated header) with no padding.
     pub fn raw_bytes(mut self, bytes: &[u8]) -> Self {
         self.out.get_mut().extend_from_slice(bytes);
