@@ -72,18 +72,28 @@ impl LazyFs {
         self.tree.get(ino.0).ok_or(Errno::ENOENT)
     }
 
-    /// A directory's entries as readdir lists them: `.`, `..`, then the
-    /// children in name order (their position is the readdir offset).
-    fn dir_entries(&self, ino: INodeNo) -> Result<impl Iterator<Item = (&Node, &[u8])>, Errno> {
+    /// A directory's entries as readdir lists them, from position `offset`
+    /// on: `.`, `..`, then the children in name order (an entry's position
+    /// plus one is the offset that resumes after it). Slicing, not skipping,
+    /// keeps listing a huge directory linear.
+    fn dir_entries(
+        &self,
+        ino: INodeNo,
+        offset: u64,
+    ) -> Result<impl Iterator<Item = (u64, &Node, &[u8])>, Errno> {
         let node = self.node(ino)?;
         let children = node.children().ok_or(Errno::ENOTDIR)?;
         let parent = self.tree.get(node.parent).unwrap_or(node);
         let dots = [(node, &b"."[..]), (parent, &b".."[..])];
-        Ok(dots.into_iter().chain(
-            children
-                .iter()
-                .filter_map(|c| Some((self.tree.get(c.ino)?, c.name.as_slice()))),
-        ))
+        let offset = usize::try_from(offset).unwrap_or(usize::MAX);
+        let rest = children.get(offset.saturating_sub(2)..).unwrap_or_default();
+        let dots = dots.into_iter().enumerate().skip(offset);
+        let kids = rest.iter().enumerate().filter_map(move |(i, c)| {
+            Some((offset.max(2) + i, (self.tree.get(c.ino)?, c.name.as_slice())))
+        });
+        Ok(dots
+            .chain(kids)
+            .map(|(i, (node, name))| (i as u64 + 1, node, name)))
     }
 }
 
@@ -240,18 +250,13 @@ impl Filesystem for LazyFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = match self.dir_entries(ino) {
+        let entries = match self.dir_entries(ino, offset) {
             Ok(e) => e,
             Err(e) => return reply.error(e),
         };
-        for (i, (kid, name)) in entries.enumerate().skip(offset as usize) {
+        for (next, kid, name) in entries {
             let kind = attr::file_type(&kid.kind);
-            if reply.add(
-                INodeNo(kid.ino),
-                i as u64 + 1,
-                kind,
-                OsStr::from_bytes(name),
-            ) {
+            if reply.add(INodeNo(kid.ino), next, kind, OsStr::from_bytes(name)) {
                 break;
             }
         }
@@ -266,14 +271,14 @@ impl Filesystem for LazyFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let entries = match self.dir_entries(ino) {
+        let entries = match self.dir_entries(ino, offset) {
             Ok(e) => e,
             Err(e) => return reply.error(e),
         };
-        for (i, (kid, name)) in entries.enumerate().skip(offset as usize) {
+        for (next, kid, name) in entries {
             let full = reply.add(
                 INodeNo(kid.ino),
-                i as u64 + 1,
+                next,
                 OsStr::from_bytes(name),
                 &TTL,
                 &attr::attr(kid),
