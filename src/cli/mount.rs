@@ -80,6 +80,7 @@ struct MountContent {
 
 impl ContentReader for MountContent {
     fn read(&self, layer: usize, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
+        self.layers.was_read(layer, offset, len);
         self.layers
             .read(layer, offset, len)
             .map_err(std::io::Error::other)

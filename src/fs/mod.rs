@@ -89,7 +89,10 @@ impl LazyFs {
         let rest = children.get(offset.saturating_sub(2)..).unwrap_or_default();
         let dots = dots.into_iter().enumerate().skip(offset);
         let kids = rest.iter().enumerate().filter_map(move |(i, c)| {
-            Some((offset.max(2) + i, (self.tree.get(c.ino)?, c.name.as_slice())))
+            Some((
+                offset.max(2) + i,
+                (self.tree.get(c.ino)?, c.name.as_slice()),
+            ))
         });
         Ok(dots
             .chain(kids)

@@ -32,7 +32,7 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
 /// The background download starts once reads of layers that are not local
 /// have paused this long (or after [`MAX_QUIET_WAIT`]): it would otherwise
 /// take most of the link from a container that is starting.
-const QUIET: Duration = Duration::from_millis(300);
+const QUIET: Duration = Duration::from_secs(1);
 const MAX_QUIET_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,7 +6,7 @@
 //! in the same order, several requests at a time: the reads then find their
 //! chunks on disk, or already on the way.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -77,16 +77,26 @@ impl Trace {
 
 #[derive(Default)]
 struct Recorded {
-    /// (layer, offset) of the opens in `accesses`.
-    seen: HashSet<(usize, u64)>,
-    accesses: Vec<Access>,
+    /// Opens by (layer, offset), reads by (layer, MiB of the layer): what
+    /// `events` holds already.
+    seen: HashSet<(Event, usize, u64)>,
+    events: Vec<(Event, Access)>,
 }
 
-/// Collects the file opens of the first [`RECORD_WINDOW`] of a mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Event {
+    Open,
+    Read,
+}
+
+/// Collects the file opens and reads of the first [`RECORD_WINDOW`] of a
+/// mount. Reads say which parts of a file were needed; a file opened but
+/// never read through the daemon (passed through to a local copy) counts
+/// whole.
 pub struct Recorder {
     started: Instant,
     recorded: Mutex<Recorded>,
-    /// Whether opens were recorded since the list was last stored.
+    /// Whether anything was recorded since the list was last stored.
     dirty: AtomicBool,
 }
 
@@ -99,14 +109,42 @@ impl Recorder {
         }
     }
 
-    pub fn record(&self, layer: usize, offset: u64, len: u64) {
+    fn record(&self, event: Event, key: u64, access: Access) {
         if self.started.elapsed() > RECORD_WINDOW {
             return;
         }
         let mut r = self.recorded.lock().unwrap_or_else(lock_err);
-        if r.accesses.len() < MAX_ACCESSES && r.seen.insert((layer, offset)) {
-            r.accesses.push(Access { layer, offset, len });
+        if r.events.len() < MAX_ACCESSES && r.seen.insert((event, access.layer, key)) {
+            r.events.push((event, access));
             self.dirty.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The list: reads and opens in the order they came, without the opens
+    /// of files whose reads are listed.
+    fn trace(&self) -> Trace {
+        let r = self.recorded.lock().unwrap_or_else(lock_err);
+        let mut reads: HashMap<usize, BTreeSet<u64>> = HashMap::new();
+        for (_, a) in r.events.iter().filter(|(e, _)| *e == Event::Read) {
+            reads.entry(a.layer).or_default().insert(a.offset);
+        }
+        let read_in = |a: &Access| {
+            reads.get(&a.layer).is_some_and(|offsets| {
+                offsets
+                    .range(a.offset..a.offset.saturating_add(a.len))
+                    .next()
+                    .is_some()
+            })
+        };
+        let accesses = r
+            .events
+            .iter()
+            .filter(|(e, a)| *e == Event::Read || !read_in(a))
+            .map(|(_, a)| *a)
+            .collect();
+        Trace {
+            version: FORMAT_VERSION,
+            accesses,
         }
     }
 
@@ -115,17 +153,7 @@ impl Recorder {
         if !self.dirty.swap(false, Ordering::Relaxed) {
             return Ok(());
         }
-        let accesses = self
-            .recorded
-            .lock()
-            .unwrap_or_else(lock_err)
-            .accesses
-            .clone();
-        Trace {
-            version: FORMAT_VERSION,
-            accesses,
-        }
-        .store(cache, image)
+        self.trace().store(cache, image)
     }
 }
 
@@ -227,7 +255,14 @@ impl Layers {
 
     /// Records that a file's range was opened (for the next mount's list).
     pub fn opened(&self, layer: usize, offset: u64, len: u64) {
-        self.recorder.record(layer, offset, len);
+        let access = Access { layer, offset, len };
+        self.recorder.record(Event::Open, offset, access);
+    }
+
+    /// Records a read that a program made (for the next mount's list).
+    pub fn was_read(&self, layer: usize, offset: u64, len: u64) {
+        let access = Access { layer, offset, len };
+        self.recorder.record(Event::Read, offset >> 20, access);
     }
 
     /// Stores the opens recorded so far as `image`'s prefetch list.
@@ -235,5 +270,59 @@ impl Layers {
         if let Err(e) = self.recorder.store(cache, image) {
             tracing::warn!(error = %e, "cannot store the prefetch list");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn access(layer: usize, offset: u64, len: u64) -> Access {
+        Access { layer, offset, len }
+    }
+
+    #[test]
+    fn reads_stand_for_their_file_and_order_is_kept() {
+        let r = Recorder::new();
+        // A file read through the daemon: its reads are listed, its open is not.
+        r.record(Event::Open, 0, access(0, 0, 10 << 20));
+        r.record(Event::Read, 0, access(0, 0, 4096));
+        r.record(Event::Read, 5, access(0, 5 << 20, 4096));
+        // Another read of the same MiB adds nothing.
+        r.record(Event::Read, 5, access(0, (5 << 20) + 8192, 4096));
+        // A file passed through to a local copy: never read here, listed whole.
+        r.record(Event::Open, 20 << 20, access(0, 20 << 20, 300));
+        // The same offset in another layer is another file.
+        r.record(Event::Open, 0, access(1, 0, 50));
+        assert_eq!(
+            r.trace().accesses,
+            [
+                access(0, 0, 4096),
+                access(0, 5 << 20, 4096),
+                access(0, 20 << 20, 300),
+                access(1, 0, 50),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_list_is_stored_once_per_change_and_loads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CacheDir::open(dir.path()).unwrap();
+        let image = Digest::of(b"manifest");
+        let r = Recorder::new();
+        r.store(&cache, &image).unwrap();
+        assert!(Trace::load(&cache, &image).is_none(), "nothing recorded");
+        r.record(Event::Open, 7, access(0, 7, 3));
+        r.store(&cache, &image).unwrap();
+        assert_eq!(
+            Trace::load(&cache, &image).unwrap().accesses,
+            [access(0, 7, 3)]
+        );
+        std::fs::write(cache.trace_path(&image), b"{not json").unwrap();
+        assert!(
+            Trace::load(&cache, &image).is_none(),
+            "a bad list is ignored"
+        );
     }
 }
