@@ -55,6 +55,11 @@ impl<S: RangeSource> ChunkedBlob<S> {
         &self.path
     }
 
+    /// The remote itself, for reads that cannot be cached (a full disk).
+    pub fn remote(&self) -> &S {
+        &self.remote
+    }
+
     /// Compressed bytes fetched from the remote so far.
     pub fn fetched(&self) -> u64 {
         self.fetched.load(Ordering::Relaxed)

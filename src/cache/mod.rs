@@ -10,6 +10,7 @@
 //! partial file under a final name).
 
 pub mod chunks;
+pub mod space;
 pub mod spans;
 
 use std::fs::{self, File};

@@ -13,5 +13,6 @@ pub mod pki;
 pub mod proxy;
 pub mod registry;
 pub mod tarball;
+pub mod tmpfs;
 pub mod token;
 pub mod unpacked;
