@@ -30,7 +30,9 @@ fn random(len: usize, seed: u64) -> Vec<u8> {
 fn image_spec(big: &[u8]) -> ImageSpec {
     ImageSpec::new(vec![
         (
-            TarBuilder::new().file("small", "small layer\n", 0o644).build(),
+            TarBuilder::new()
+                .file("small", "small layer\n", 0o644)
+                .build(),
             Compression::Gzip,
         ),
         (
@@ -143,7 +145,12 @@ fn reads_are_served_uncached_when_the_cache_is_full() {
     assert!(pid_alive(mount.pid()), "the daemon died");
     let states = mount.states();
     assert_eq!(states, ["ready", "fetching"], "{:#}", mount.status());
-    assert!(!cache.join("blobs/sha256").join(image.layers[1].digest.hex()).exists());
+    assert!(
+        !cache
+            .join("blobs/sha256")
+            .join(image.layers[1].digest.hex())
+            .exists()
+    );
     mount.umount();
 
     // Nothing half-written under a final name; the indexes are as they were.
@@ -165,7 +172,12 @@ fn reads_are_served_uncached_when_the_cache_is_full() {
     );
     assert!(fs::read(mount.join("big")).unwrap() == big);
     mount.umount();
-    let blob = fs::read(cache.join("blobs/sha256").join(image.layers[1].digest.hex())).unwrap();
+    let blob = fs::read(
+        cache
+            .join("blobs/sha256")
+            .join(image.layers[1].digest.hex()),
+    )
+    .unwrap();
     assert_eq!(Digest::of(&blob), image.layers[1].digest);
     assert_blobs_whole(&cache);
     drop(tmpfs);
@@ -190,7 +202,11 @@ fn an_index_pass_that_fills_the_cache_fails_cleanly() {
     };
 
     let run = sandbox.run(&["index", "--cache-dir", cache_dir, &reference]);
-    assert!(!run.success, "index succeeded on a full cache:\n{}", run.stdout);
+    assert!(
+        !run.success,
+        "index succeeded on a full cache:\n{}",
+        run.stdout
+    );
     let error = run.stderr.to_lowercase();
     assert!(
         error.contains("no space left") && run.stderr.contains(cache_dir),
@@ -203,15 +219,23 @@ fn an_index_pass_that_fills_the_cache_fails_cleanly() {
     let mountpoint = sandbox.mountpoint("mnt");
     let mnt = mountpoint.to_str().unwrap();
     let run = sandbox.run(&["mount", "--cache-dir", cache_dir, &reference, mnt]);
-    assert!(!run.success, "mount succeeded on a full cache:\n{}", run.stdout);
+    assert!(
+        !run.success,
+        "mount succeeded on a full cache:\n{}",
+        run.stdout
+    );
     assert!(
         run.stderr.to_lowercase().contains("no space left") && run.stderr.contains(cache_dir),
         "the error names neither the cause nor the cache: {}",
         run.stderr
     );
-    assert!(!is_mounted(&mountpoint), "a failed mount left {mnt} mounted");
     assert!(
-        wait_until(Duration::from_secs(10), || process_mentioning(mnt).is_none()),
+        !is_mounted(&mountpoint),
+        "a failed mount left {mnt} mounted"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || process_mentioning(mnt)
+            .is_none()),
         "a daemon of the failed mount still runs: pid {:?}",
         process_mentioning(mnt)
     );

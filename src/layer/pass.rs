@@ -37,7 +37,9 @@ struct Tee<'a, R, W> {
 impl<R: Read, W: Write> Read for Tee<'_, R, W> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.write_error.is_some() {
-            return Err(io::Error::other("the layer's copy in the cache could not be written"));
+            return Err(io::Error::other(
+                "the layer's copy in the cache could not be written",
+            ));
         }
         let n = self.inner.read(buf)?;
         if let Some(copy) = self.copy.as_mut()
@@ -45,7 +47,10 @@ impl<R: Read, W: Write> Read for Tee<'_, R, W> {
         {
             let kind = e.kind();
             self.write_error = Some(e);
-            return Err(io::Error::new(kind, "writing the layer's copy to the cache failed"));
+            return Err(io::Error::new(
+                kind,
+                "writing the layer's copy to the cache failed",
+            ));
         }
         self.total += n as u64;
         (self.progress)(self.total);

@@ -170,10 +170,7 @@ impl Layers {
                 }));
             }
         };
-        let read = |blob: &dyn BlobReader| {
-            self.spans
-                .read(layer, blob, &l.index.seek, offset, len)
-        };
+        let read = |blob: &dyn BlobReader| self.spans.read(layer, blob, &l.index.seek, offset, len);
         let result = match source {
             Ok(file) => read(file.as_ref()),
             Err(chunks) if self.cache_full() => read(chunks.remote()),

@@ -15,7 +15,13 @@ impl Tmpfs {
     /// Mounts a tmpfs of `size` bytes on the existing directory `path`.
     pub fn mount(path: &Path, size: u64) -> Tmpfs {
         let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "lazypull-test"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "lazypull-test",
+            ])
             .arg(path)
             .status()
             .expect("run mount");
@@ -32,7 +38,11 @@ impl Tmpfs {
             .arg(&self.path)
             .status()
             .expect("run mount");
-        assert!(status.success(), "resizing the tmpfs on {:?} failed", self.path);
+        assert!(
+            status.success(),
+            "resizing the tmpfs on {:?} failed",
+            self.path
+        );
     }
 
     /// Bytes still free.
