@@ -10,12 +10,12 @@ use std::fs;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::image::{self, Compression, ImageSpec};
-use common::mount::{Sandbox, WAIT, hold_background, pid_alive, wait_until};
-use common::proxy::{Fault, FaultProxy};
+use common::mount::{Sandbox, WAIT, pid_alive, wait_until};
+use common::proxy::{Fault, FaultProxy, Rule};
 use common::registry::{TestRegistry, Variant};
 use common::tarball::TarBuilder;
 
@@ -33,6 +33,9 @@ const MEMORY_CACHE_MIB: u64 = 32;
 const MEMORY_OVERHEAD_MIB: u64 = 96;
 
 const MIB: usize = 1 << 20;
+/// How long after the end of the load a read may still be running: a generous
+/// "no hang" bound, not a performance limit.
+const HANG: Duration = Duration::from_secs(120);
 
 /// Text-like bytes (compressible about 2:1) or random ones.
 fn content(len: usize, seed: u64, random: bool) -> Vec<u8> {
@@ -213,9 +216,13 @@ fn sixty_four_readers_for_a_minute() {
     sandbox.index(&format!("{}/test/load:v1", reg.host()), &[]);
     sandbox.prune_blobs();
     let proxy = FaultProxy::start(&reg.base_url());
-    // The background download starts 20 s into the load: until then every cold read
-    // is a Range request, then layers turn ready under the readers' feet.
-    hold_background(&proxy, &image, Fault::Stall(Duration::from_secs(20)));
+    // Each layer's background download waits 10 s once: the load starts with every
+    // layer remote, and layers turn ready under the readers' feet.
+    for layer in &image.layers {
+        let path = format!("/blobs/{}", layer.digest);
+        let stall = Fault::Stall(Duration::from_secs(10));
+        proxy.add_rule(Rule::new("GET", &path, stall).with_range(false).times(1));
+    }
     let memory = MEMORY_CACHE_MIB.to_string();
     let mount = sandbox.mount(
         &format!("{}/test/load:v1", proxy.host()),
@@ -234,38 +241,42 @@ fn sixty_four_readers_for_a_minute() {
     );
     let rss_before = proc_kib(pid, "VmHWM:") >> 10;
 
+    let states_at_start = mount.states();
     let secs = load_secs();
     let deadline = Instant::now() + Duration::from_secs(secs);
     let counts = Counts::default();
     let errors = Mutex::new(Vec::new());
-    let done = AtomicBool::new(false);
+    let finished = AtomicUsize::new(0);
     let status_answers = AtomicU64::new(0);
     let started = Instant::now();
     std::thread::scope(|s| {
         for id in 0..READERS {
             let (counts, errors, files, path) = (&counts, &errors, &files, mount.path());
+            let finished = &finished;
             s.spawn(move || {
                 if let Err(e) = reader(id, path, files, deadline, counts) {
                     errors.lock().unwrap().push(e);
                 }
+                finished.fetch_add(1, Ordering::SeqCst);
             });
         }
-        s.spawn(|| {
-            while !done.load(Ordering::Relaxed) {
-                let status = mount.status();
-                assert_eq!(status["pid"].as_u64(), Some(u64::from(pid)));
-                status_answers.fetch_add(1, Ordering::Relaxed);
-                std::thread::sleep(Duration::from_secs(1));
-            }
-        });
-        std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
-        while !errors.lock().unwrap().is_empty() || Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-            if !errors.lock().unwrap().is_empty() {
+        // `status` answers throughout; a reader stuck past the deadline fails the test
+        // (its daemon is killed, so that the stuck read returns) instead of hanging it.
+        while finished.load(Ordering::SeqCst) < READERS {
+            let status = mount.status();
+            assert_eq!(status["pid"].as_u64(), Some(u64::from(pid)));
+            status_answers.fetch_add(1, Ordering::Relaxed);
+            if Instant::now() > deadline + HANG {
+                errors.lock().unwrap().push(format!(
+                    "{} readers still reading {HANG:?} after the end of the load",
+                    READERS - finished.load(Ordering::SeqCst)
+                ));
+                // SAFETY: kill has no memory preconditions; the pid is this test's daemon.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
                 break;
             }
+            std::thread::sleep(Duration::from_secs(1));
         }
-        done.store(true, Ordering::Relaxed);
     });
     let elapsed = started.elapsed().as_secs_f64();
     let errors = errors.into_inner().unwrap();
@@ -297,8 +308,8 @@ fn sixty_four_readers_for_a_minute() {
     let bytes = counts.bytes.load(Ordering::Relaxed);
     eprintln!(
         "load: {READERS} readers, {elapsed:.0} s: {} ranged reads, {} whole-file reads, {} MiB \
-         ({:.1} MiB/s), {} page-cache drops; {} status answers; layers after the load: \
-         {states_after_load:?}; daemon peak RSS {rss_before} MiB before the load, {hwm_mib} MiB \
+         ({:.1} MiB/s), {} page-cache drops; {} status answers; layers at the start \
+         {states_at_start:?}, after the load {states_after_load:?}; daemon peak RSS {rss_before} MiB before the load, {hwm_mib} MiB \
          after, with a {MEMORY_CACHE_MIB} MiB span cache; descriptors before {fds_before:?} \
          (+{http_before} HTTP), after {fds_after:?}",
         counts.reads.load(Ordering::Relaxed),
