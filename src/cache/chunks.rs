@@ -190,6 +190,11 @@ impl<S: RangeSource> ChunkedBlob<S> {
         &self.path
     }
 
+    /// The remote itself, for reads that cannot be cached (a full disk).
+    pub fn remote(&self) -> &S {
+        &self.remote
+    }
+
     /// Bytes of the blob in the file so far: fetched from the remote, or
     /// kept from an earlier daemon's download.
     pub fn fetched(&self) -> u64 {

@@ -20,6 +20,7 @@
 
 pub mod chunks;
 mod journal;
+pub mod space;
 pub mod spans;
 
 use std::fs::{self, File};

@@ -15,6 +15,8 @@ use crate::layer::seek::{Compression, SeekIndex, read_at};
 const PLAIN_SPAN: u64 = 4 << 20;
 /// Larger spans (a single-frame zstd layer) are read directly, uncached.
 const MAX_CACHED_SPAN: u64 = 64 << 20;
+/// Memory per shard of the cache: room for a few default (4 MiB) spans.
+const SHARD_BYTES: u64 = 16 << 20;
 
 #[derive(Clone)]
 struct ByLen;
@@ -31,8 +33,13 @@ pub struct SpanCache {
 
 impl SpanCache {
     pub fn new(memory_bytes: u64) -> Self {
+        // The cache is split into shards of equal weight, at least 32 items
+        // each, and admits nothing heavier than a shard: sized for 256 items,
+        // a 32 MiB cache had 4 MiB shards and kept no 4 MiB span at all. One
+        // shard per 16 MiB keeps a few spans in each.
+        let shards = (memory_bytes / SHARD_BYTES).max(1);
         Self {
-            cache: Cache::with_weighter(256, memory_bytes.max(1), ByLen),
+            cache: Cache::with_weighter((32 * shards) as usize, memory_bytes.max(1), ByLen),
         }
     }
 
@@ -107,4 +114,46 @@ fn span_of(seek: &SeekIndex, offset: u64) -> (u64, u64) {
         .get(i + 1)
         .map_or(seek.uncompressed_size, |p| p.uncompressed_offset);
     (start, end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Counting {
+        data: Vec<u8>,
+        reads: AtomicUsize,
+    }
+
+    impl BlobReader for Counting {
+        fn size(&self) -> u64 {
+            self.data.len() as u64
+        }
+        fn read_at(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            self.data.read_at(offset, len)
+        }
+    }
+
+    #[test]
+    fn a_small_cache_keeps_full_size_spans() {
+        let blob = Counting {
+            data: (0..2 * PLAIN_SPAN).map(|i| (i % 251) as u8).collect(),
+            reads: AtomicUsize::new(0),
+        };
+        let seek = SeekIndex {
+            compression: Compression::None,
+            span: PLAIN_SPAN,
+            compressed_size: blob.size(),
+            uncompressed_size: blob.size(),
+            points: Vec::new(),
+        };
+        let cache = SpanCache::new(32 << 20);
+        for _ in 0..3 {
+            let got = cache.read(0, &blob, &seek, 10, 2 * PLAIN_SPAN).unwrap();
+            assert!(got == blob.data[10..], "wrong bytes");
+        }
+        assert_eq!(blob.reads.load(Ordering::SeqCst), 2, "one read per span");
+    }
 }

@@ -9,6 +9,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::RegistryArgs;
 use crate::cache::CacheDir;
+use crate::cache::space::is_disk_full;
 use crate::layer::index::LayerIndex;
 use crate::layer::{Origin, ensure_indexes};
 use crate::registry::{RegistryClient, ResolvedImage};
@@ -49,8 +50,20 @@ impl IndexedImage {
         let bars = Bars::new(&image);
         let layers = ensure_indexes(&client, &cache, &image.layers, span, &|i, n| bars.set(i, n));
         bars.clear();
+        let layers = layers.map_err(|e| {
+            if is_disk_full(&e) {
+                let why = format!(
+                    "no space left in the cache directory {}: free some space (or `lazypull \
+                     cache prune`) and try again",
+                    cache.root().display()
+                );
+                anyhow::Error::from(e).context(why)
+            } else {
+                e.into()
+            }
+        })?;
         Ok(Self {
-            layers: layers?,
+            layers,
             client,
             image,
             cache,

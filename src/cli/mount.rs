@@ -274,6 +274,7 @@ fn serve(args: &MountArgs, mut ready: Option<File>) -> anyhow::Result<()> {
 type Started = (fuser::Session<LazyFs>, Arc<dyn Fn() + Send + Sync>);
 
 fn start(args: &MountArgs) -> anyhow::Result<Started> {
+    limit_heap_growth();
     let image = IndexedImage::load(&args.registry, &args.cache, &args.reference, DEFAULT_SPAN)?;
     let tree = Arc::new(image.tree()?);
     let indexes = image.layers.into_iter().map(|(index, _)| index).collect();
@@ -338,6 +339,24 @@ fn start(args: &MountArgs) -> anyhow::Result<Started> {
         early();
     });
     Ok((session, store_trace))
+}
+
+/// Buffers at least this large are mapped and unmapped on their own.
+#[cfg(target_env = "gnu")]
+const MMAP_THRESHOLD: i32 = 256 << 10;
+
+/// glibc raises its mmap threshold to the size of each large buffer freed,
+/// after which the spans (4 MiB) and their compressed bytes that the read
+/// workers allocate come from per-thread heaps that keep the memory: the
+/// daemon's peak RSS under load was three times what it is with the fixed
+/// threshold. A fixed threshold gives large buffers back as they are freed.
+fn limit_heap_growth() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes allocator parameters; called before the
+    // worker threads start.
+    if unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) } != 1 {
+        tracing::warn!("cannot set the allocator's mmap threshold");
+    }
 }
 
 #[derive(Args)]

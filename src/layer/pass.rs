@@ -9,7 +9,7 @@ use super::LayerError;
 use super::index::LayerIndex;
 use super::seek::{Compression, SeekIndex, SeekingDecoder};
 use super::tar::{TarEntry, read_entries};
-use crate::cache::CacheDir;
+use crate::cache::{CacheDir, CacheError};
 use crate::digest::{Digest, HashingReader};
 
 /// Uncompressed bytes inflated at once.
@@ -29,13 +29,28 @@ struct Tee<'a, R, W> {
     copy: Option<W>,
     progress: &'a (dyn Fn(u64) + Sync),
     total: u64,
+    /// Why the copy failed (a full disk). From then on every read fails:
+    /// bytes read but not copied must not reach the digest either.
+    write_error: Option<io::Error>,
 }
 
 impl<R: Read, W: Write> Read for Tee<'_, R, W> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.write_error.is_some() {
+            return Err(io::Error::other(
+                "the layer's copy in the cache could not be written",
+            ));
+        }
         let n = self.inner.read(buf)?;
-        if let Some(copy) = self.copy.as_mut() {
-            copy.write_all(&buf[..n])?;
+        if let Some(copy) = self.copy.as_mut()
+            && let Err(e) = copy.write_all(&buf[..n])
+        {
+            let kind = e.kind();
+            self.write_error = Some(e);
+            return Err(io::Error::new(
+                kind,
+                "writing the layer's copy to the cache failed",
+            ));
         }
         self.total += n as u64;
         (self.progress)(self.total);
@@ -63,11 +78,22 @@ pub fn index_stream(
             .map(|f| BufWriter::with_capacity(1 << 20, f.as_file())),
         progress,
         total: 0,
+        write_error: None,
     });
     let decoded = decode(&mut compressed, expected, span);
     // Read what the decoder left (trailing bytes, or the rest of a stream it gave up on) so
     // the digest covers the whole blob.
     let drained = io::copy(&mut compressed, &mut io::sink());
+    let copy_failed = |source| {
+        let path = blob_file
+            .as_ref()
+            .map_or_else(|| cache.root().join("tmp"), |f| f.path().to_path_buf());
+        LayerError::Cache(CacheError::Io { path, source })
+    };
+    // Not the layer's fault (it was not all read): say what failed.
+    if let Some(source) = compressed.get_mut().write_error.take() {
+        return Err(copy_failed(source));
+    }
     let decoded = match (decoded, drained) {
         (Ok(decoded), Ok(_)) => decoded,
         (Ok(_), Err(source)) => {
@@ -92,10 +118,7 @@ pub fn index_stream(
     };
     let (entries, diff_id, seek) = decoded;
     if let Some(copy) = compressed.get_mut().copy.as_mut() {
-        copy.flush().map_err(|source| LayerError::Read {
-            layer: layer.clone(),
-            source,
-        })?;
+        copy.flush().map_err(copy_failed)?;
     }
     let (digest, size) = compressed.finish();
     verify(expected, &digest, size, &diff_id)?;

@@ -11,7 +11,7 @@ pub use prefetch::{RECORD_WINDOW, Trace};
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::blob::{BlobReader, FileBlob};
 use crate::cache::CacheDir;
 use crate::cache::chunks::ChunkedBlob;
+use crate::cache::space::is_disk_full;
 use crate::cache::spans::SpanCache;
 use crate::layer::index::LayerIndex;
 use crate::layer::{LayerError, verify_layer};
@@ -34,6 +35,9 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(60);
 /// take most of the link from a container that is starting.
 const QUIET: Duration = Duration::from_secs(1);
 const MAX_QUIET_WAIT: Duration = Duration::from_secs(5);
+/// After the cache ran out of space, cold reads skip the chunk file (whose
+/// writes would fail) for this long, then try it again.
+const UNCACHED_FOR: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -95,6 +99,10 @@ pub struct Layers {
     created: Instant,
     /// When (ms after `created`) a read last went to a layer that is not local.
     last_remote_read: AtomicU64,
+    cache_root: PathBuf,
+    /// Set when a write to the cache failed for lack of space: until then,
+    /// cold reads go to the registry without being cached.
+    cache_full_until: Mutex<Option<Instant>>,
 }
 
 fn lock_err<T>(e: std::sync::PoisonError<T>) -> T {
@@ -146,6 +154,8 @@ impl Layers {
             recorder: prefetch::Recorder::new(),
             created: Instant::now(),
             last_remote_read: AtomicU64::new(0),
+            cache_root: cache.root().to_path_buf(),
+            cache_full_until: Mutex::new(None),
         })
     }
 
@@ -165,12 +175,12 @@ impl Layers {
         if let Some(e) = failed() {
             return Err(e);
         }
-        let blob: Arc<dyn BlobReader> = match l.source.read().unwrap_or_else(lock_err).as_ref() {
-            Some(Source::Local(file)) => file.clone(),
+        let source = match l.source.read().unwrap_or_else(lock_err).as_ref() {
+            Some(Source::Local(file)) => Ok(file.clone()),
             Some(Source::Remote(chunks)) => {
                 self.last_remote_read
                     .store(self.millis(), Ordering::Relaxed);
-                chunks.clone()
+                Err(chunks.clone())
             }
             None => {
                 return Err(failed().unwrap_or_else(|| ReadError::Layer {
@@ -179,12 +189,42 @@ impl Layers {
                 }));
             }
         };
-        self.spans
-            .read(layer, blob.as_ref(), &l.index.seek, offset, len)
-            .map_err(|source| ReadError::Layer {
-                layer: l.descriptor.digest.to_string(),
-                source,
-            })
+        let read = |blob: &dyn BlobReader| self.spans.read(layer, blob, &l.index.seek, offset, len);
+        let result = match source {
+            Ok(file) => read(file.as_ref()),
+            Err(chunks) if self.cache_full() => read(chunks.remote()),
+            // A full cache must not fail reads: the bytes are served as
+            // they come, just not kept.
+            Err(chunks) => match read(chunks.as_ref()) {
+                Err(e) if is_disk_full(&e) => {
+                    self.note_cache_full(&e);
+                    read(chunks.remote())
+                }
+                result => result,
+            },
+        };
+        result.map_err(|source| ReadError::Layer {
+            layer: l.descriptor.digest.to_string(),
+            source,
+        })
+    }
+
+    fn cache_full(&self) -> bool {
+        self.cache_full_until
+            .lock()
+            .unwrap_or_else(lock_err)
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Sends cold reads around the chunk file for a while; says so once per
+    /// episode.
+    fn note_cache_full(&self, e: &dyn std::error::Error) {
+        let mut until = self.cache_full_until.lock().unwrap_or_else(lock_err);
+        if !until.is_some_and(|t| Instant::now() < t) {
+            tracing::warn!(cache = %self.cache_root.display(), error = %e,
+                "no space left in the cache directory; reads are served from the registry without being cached");
+        }
+        *until = Some(Instant::now() + UNCACHED_FOR);
     }
 
     pub fn status(&self) -> Vec<LayerStatus> {
@@ -301,7 +341,9 @@ impl Layers {
         }
     }
 
-    /// Fetches what lazy reads left out, then verifies the whole blob.
+    /// Fetches what lazy reads left out, then verifies the whole blob. A
+    /// transfer failure or a full cache is waited out (with backoff): only
+    /// the layer's content can fail it.
     fn complete(
         &self,
         layer: &Layer,
@@ -310,18 +352,52 @@ impl Layers {
     ) -> Result<(), LayerError> {
         let d = &layer.descriptor;
         let mut delay = FIRST_RETRY_DELAY;
-        while let Err(e) = chunks.fill(&|n| layer.downloaded.store(n, Ordering::Relaxed)) {
-            if !is_transfer_failure(&e) {
-                return Err(LayerError::Read {
+        loop {
+            let error = match chunks.fill(&|n| layer.downloaded.store(n, Ordering::Relaxed)) {
+                Ok(()) => {
+                    self.set_state(layer, State::Verifying, None);
+                    match self.verify(layer, chunks, cache) {
+                        Err(e) if is_disk_full(&e) => e,
+                        result => return result,
+                    }
+                }
+                Err(source) if is_transfer_failure(&source) => LayerError::Read {
                     layer: d.digest.clone(),
-                    source: e,
-                });
+                    source,
+                },
+                Err(source) => {
+                    return Err(LayerError::Read {
+                        layer: d.digest.clone(),
+                        source,
+                    });
+                }
+            };
+            if is_disk_full(&error) {
+                self.note_cache_full(&error);
+                let why = format!(
+                    "no space left in the cache directory {}; reads are served without caching; \
+                     trying again in {}s",
+                    self.cache_root.display(),
+                    delay.as_secs()
+                );
+                tracing::warn!(layer = %d.digest, error = %error, "{why}");
+                self.set_state(layer, State::Fetching, Some(why));
+            } else {
+                tracing::warn!(layer = %d.digest, ?delay, error = %error, "layer download failed; trying again");
             }
-            tracing::warn!(layer = %d.digest, ?delay, error = %e, "layer download failed; trying again");
             std::thread::sleep(delay);
             delay = (delay * 2).min(MAX_RETRY_DELAY);
         }
-        self.set_state(layer, State::Verifying, None);
+    }
+
+    /// Runs the check over the complete chunk file.
+    fn verify(
+        &self,
+        layer: &Layer,
+        chunks: &ChunkedBlob<HttpBlob>,
+        cache: &CacheDir,
+    ) -> Result<(), LayerError> {
+        let d = &layer.descriptor;
         let file = std::fs::File::open(chunks.path()).map_err(|source| LayerError::Read {
             layer: d.digest.clone(),
             source,

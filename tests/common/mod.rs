@@ -14,5 +14,6 @@ pub mod pki;
 pub mod proxy;
 pub mod registry;
 pub mod tarball;
+pub mod tmpfs;
 pub mod token;
 pub mod unpacked;
