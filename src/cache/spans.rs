@@ -12,10 +12,10 @@ use crate::blob::BlobReader;
 use crate::layer::seek::{Compression, SeekIndex, read_at};
 
 /// Span of an uncompressed layer, which has no seek points of its own.
-const PLAIN_SPAN: u64 = 4 << 20;
+const PLAIN_SPAN: u64 = 1 << 20;
 /// Larger spans (a single-frame zstd layer) are read directly, uncached.
 const MAX_CACHED_SPAN: u64 = 64 << 20;
-/// Memory per shard of the cache: room for a few default (4 MiB) spans.
+/// Memory per shard of the cache: room for a few spans of up to 4 MiB.
 const SHARD_BYTES: u64 = 16 << 20;
 
 #[derive(Clone)]
@@ -99,7 +99,7 @@ pub fn compressed_range(seek: &SeekIndex, offset: u64, len: u64) -> (u64, u64) {
 }
 
 /// The uncompressed range `[start, end)` of the span holding `offset`.
-fn span_of(seek: &SeekIndex, offset: u64) -> (u64, u64) {
+pub fn span_of(seek: &SeekIndex, offset: u64) -> (u64, u64) {
     if seek.compression == Compression::None || seek.points.is_empty() {
         let start = offset / PLAIN_SPAN * PLAIN_SPAN;
         return (start, (start + PLAIN_SPAN).min(seek.uncompressed_size));

@@ -40,7 +40,8 @@ pub trait ContentReader: Send + Sync + 'static {
     fn local_file(&self, layer: usize, offset: u64) -> Option<std::path::PathBuf>;
     /// JSON answered for [`STATUS_XATTR`].
     fn status(&self) -> String;
-    /// A file whose data is `len` bytes at `offset` of `layer` was opened.
+    /// A file whose data is `len` bytes at `offset` of `layer` was opened
+    /// and passed through (its reads bypass [`ContentReader::read`]).
     fn opened(&self, layer: usize, offset: u64, len: u64);
 }
 
@@ -156,9 +157,6 @@ impl Filesystem for LazyFs {
         };
         let (local, verified) = match &node.kind {
             NodeKind::File(c) => {
-                if c.size > 0 {
-                    self.content.opened(c.layer, c.offset, c.size);
-                }
                 let local = (self.passthrough && c.size > 0)
                     .then(|| self.content.local_file(c.layer, c.offset))
                     .flatten();
@@ -176,6 +174,10 @@ impl Filesystem for LazyFs {
             }
         });
         if let Opened::Passthrough(fh, id) = self.backing.open(ino.0, backing) {
+            // Its reads will not come here to say which parts were needed.
+            if let NodeKind::File(c) = &node.kind {
+                self.content.opened(c.layer, c.offset, c.size);
+            }
             return reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id);
         }
         let flags = if verified {

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Layers, Source, lock_err};
 use crate::blob::BlobReader;
-use crate::cache::spans::compressed_range;
+use crate::cache::spans::{compressed_range, span_of};
 use crate::cache::{CacheDir, CacheError};
 use crate::digest::Digest;
 
@@ -77,7 +77,7 @@ impl Trace {
 
 #[derive(Default)]
 struct Recorded {
-    /// Opens by (layer, offset), reads by (layer, MiB of the layer): what
+    /// Opens by (layer, offset), reads by (layer, span start): what
     /// `events` holds already.
     seen: HashSet<(Event, usize, u64)>,
     events: Vec<(Event, Access)>,
@@ -253,16 +253,32 @@ impl Layers {
         let _ = self.read(job.layer, job.offset, 1);
     }
 
-    /// Records that a file's range was opened (for the next mount's list).
+    /// Records that a file's range was opened and passed through to a local
+    /// copy (for the next mount's list).
     pub fn opened(&self, layer: usize, offset: u64, len: u64) {
         let access = Access { layer, offset, len };
         self.recorder.record(Event::Open, offset, access);
     }
 
-    /// Records a read that a program made (for the next mount's list).
+    /// Records a read that a program made (for the next mount's list): the
+    /// spans it touched, each once.
     pub fn was_read(&self, layer: usize, offset: u64, len: u64) {
-        let access = Access { layer, offset, len };
-        self.recorder.record(Event::Read, offset >> 20, access);
+        let Some(l) = self.layers.get(layer) else {
+            return;
+        };
+        let seek = &l.index.seek;
+        let end = offset.saturating_add(len).min(seek.uncompressed_size);
+        let mut pos = offset;
+        while pos < end {
+            let (start, span_end) = span_of(seek, pos);
+            let access = Access {
+                layer,
+                offset: start,
+                len: 1,
+            };
+            self.recorder.record(Event::Read, start, access);
+            pos = span_end.max(pos + 1);
+        }
     }
 
     /// Stores the opens recorded so far as `image`'s prefetch list.
@@ -286,10 +302,10 @@ mod tests {
         let r = Recorder::new();
         // A file read through the daemon: its reads are listed, its open is not.
         r.record(Event::Open, 0, access(0, 0, 10 << 20));
-        r.record(Event::Read, 0, access(0, 0, 4096));
-        r.record(Event::Read, 5, access(0, 5 << 20, 4096));
-        // Another read of the same MiB adds nothing.
-        r.record(Event::Read, 5, access(0, (5 << 20) + 8192, 4096));
+        r.record(Event::Read, 0, access(0, 0, 1));
+        r.record(Event::Read, 5 << 20, access(0, 5 << 20, 1));
+        // Another read of the same span adds nothing.
+        r.record(Event::Read, 5 << 20, access(0, 5 << 20, 1));
         // A file passed through to a local copy: never read here, listed whole.
         r.record(Event::Open, 20 << 20, access(0, 20 << 20, 300));
         // The same offset in another layer is another file.
@@ -297,8 +313,8 @@ mod tests {
         assert_eq!(
             r.trace().accesses,
             [
-                access(0, 0, 4096),
-                access(0, 5 << 20, 4096),
+                access(0, 0, 1),
+                access(0, 5 << 20, 1),
                 access(0, 20 << 20, 300),
                 access(1, 0, 50),
             ]

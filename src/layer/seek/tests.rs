@@ -509,7 +509,7 @@ fn index_serializes_compactly() {
     let (_, index) = decode(&blob, Compression::Gzip, DEFAULT_SPAN).unwrap();
     let json = serde_json::to_vec(&index).unwrap();
     assert!(
-        json.len() * 50 <= blob.len(),
+        json.len() * 20 <= blob.len(),
         "index {} bytes for a {} byte layer",
         json.len(),
         blob.len()
