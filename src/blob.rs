@@ -6,6 +6,23 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use sha2::{Digest as _, Sha256};
+
+/// The piece of a compressed blob that is fetched, kept on disk and checked
+/// as a unit: the verifying pass records each piece's sha256 in the layer
+/// index, and the chunk cache checks every piece it gets against it. Large
+/// enough that a request's round trip is small next to its transfer (and the
+/// index grows by only 32 bytes per MiB of layer), small enough that a cold
+/// read fetches little it does not need.
+pub const CHUNK_SIZE: u64 = 1 << 20;
+
+/// The sha256 of one chunk.
+pub type ChunkSum = [u8; 32];
+
+pub fn chunk_sum(bytes: &[u8]) -> ChunkSum {
+    Sha256::digest(bytes).into()
+}
+
 /// Random access to one blob (a compressed layer, a config, ...).
 ///
 /// Errors are `io::Error` so that every implementation (HTTP, local file,

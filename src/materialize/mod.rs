@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::blob::{BlobReader, FileBlob};
 use crate::cache::CacheDir;
-use crate::cache::chunks::ChunkedBlob;
+use crate::cache::chunks::{ChunkMismatch, ChunkedBlob};
 use crate::cache::spans::SpanCache;
 use crate::layer::index::LayerIndex;
 use crate::layer::{LayerError, verify_layer};
@@ -117,7 +117,8 @@ impl Layers {
             let (state, source) = match local_blob(cache, descriptor) {
                 Some(blob) => (State::Ready, Source::Local(Arc::new(blob))),
                 None => {
-                    let chunks = ChunkedBlob::open(client.blob(d, descriptor.size), cache, d)
+                    let remote = client.blob(d, descriptor.size);
+                    let chunks = ChunkedBlob::open(remote, cache, d, index.chunks.clone())
                         .map_err(|source| LayerError::Read {
                             layer: d.clone(),
                             source,
@@ -273,7 +274,7 @@ impl Layers {
                         _ => continue,
                     };
                     let mut result = layers.complete(layer, &chunks, &cache);
-                    if result.is_err() && chunks.resumed() {
+                    if result.is_err() && chunks.resumed() && !served_wrong_bytes(&result) {
                         result = layers.start_over(i, layer, &chunks, &cache, result);
                     }
                     layers.finish(i, layer, &chunks, result, &cache);
@@ -335,12 +336,11 @@ impl Layers {
         )
     }
 
-    /// A layer resumed from an earlier daemon's chunks failed its check.
-    /// Every kept chunk matched the hash recorded when it was written, so
-    /// the registry most likely served bad bytes (a new download fails the
-    /// same way), but a chunk file changed behind our back would pass that
-    /// test too: one download from scratch, costing a layer's bytes only on
-    /// this rare path, tells the two apart before the layer is failed.
+    /// A layer resumed from an earlier daemon's chunks failed its check,
+    /// though every chunk, kept or fetched, matched the index when it was
+    /// taken: the chunk file changed behind our back since. One download
+    /// from scratch, costing a layer's bytes only on this rare path, rules
+    /// that out before the layer is failed.
     fn start_over(
         &self,
         i: usize,
@@ -427,10 +427,20 @@ fn local_blob(cache: &CacheDir, descriptor: &LayerDescriptor) -> Option<FileBlob
     None
 }
 
+/// Whether the registry served a chunk that differs from the verified
+/// index (twice): its blob is not the one the index was built from, and
+/// fetching the layer again cannot help.
+fn served_wrong_bytes(result: &Result<(), LayerError>) -> bool {
+    matches!(result, Err(LayerError::Read { source, .. }) if ChunkMismatch::find(source).is_some())
+}
+
 /// A download that broke off may succeed later; a missing blob or wrong
 /// content never will. A failure is a transfer failure when a transient
 /// registry error caused it, however deep it is wrapped.
 fn is_transfer_failure(e: &io::Error) -> bool {
+    if ChunkMismatch::find(e).is_some() {
+        return false;
+    }
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         let mut inner = err;
