@@ -24,7 +24,7 @@ use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use super::journal::Journal;
@@ -78,8 +78,6 @@ pub struct ChunkedBlob<S> {
     journal: Option<Journal>,
     /// Bytes of the blob in the file: fetched, or kept from an earlier run.
     fetched: AtomicU64,
-    /// Whether chunks of an earlier run were kept.
-    resumed: AtomicBool,
 }
 
 fn lock(m: &Mutex<Chunk>) -> MutexGuard<'_, Chunk> {
@@ -214,8 +212,7 @@ impl<S: RangeSource> ChunkedBlob<S> {
             }
         };
         file.set_len(size)?;
-        let resumed = chunks.iter().any(|c| *c != Chunk::Missing);
-        if resumed {
+        if chunks.iter().any(|c| *c != Chunk::Missing) {
             tracing::info!(%layer, "resuming an interrupted download");
         }
         Ok(Self {
@@ -228,7 +225,6 @@ impl<S: RangeSource> ChunkedBlob<S> {
             chunks: chunks.into_iter().map(Mutex::new).collect(),
             journal,
             fetched: AtomicU64::new(0),
-            resumed: AtomicBool::new(resumed),
         })
     }
 
@@ -240,11 +236,6 @@ impl<S: RangeSource> ChunkedBlob<S> {
     /// kept from an earlier daemon's download.
     pub fn fetched(&self) -> u64 {
         self.fetched.load(Ordering::Relaxed)
-    }
-
-    /// Whether bytes from an earlier daemon's download are in use.
-    pub fn resumed(&self) -> bool {
-        self.resumed.load(Ordering::Relaxed)
     }
 
     fn chunk_range(&self, i: usize) -> (u64, u64) {
@@ -413,20 +404,6 @@ impl<S: RangeSource> ChunkedBlob<S> {
         self.file.sync_all()
     }
 
-    /// Forgets every chunk, kept or fetched: the next fill fetches the
-    /// whole blob again.
-    pub fn restart(&self) -> io::Result<()> {
-        for chunk in &self.chunks {
-            *lock(chunk) = Chunk::Missing;
-        }
-        if let Some(journal) = &self.journal {
-            journal.clear()?;
-        }
-        self.fetched.store(0, Ordering::Relaxed);
-        self.resumed.store(false, Ordering::Relaxed);
-        Ok(())
-    }
-
     /// Moves the complete, verified file to `dest` in `cache`.
     pub fn adopt(&self, cache: &CacheDir, dest: &Path) -> Result<(), super::CacheError> {
         cache.adopt(&self.path, dest)?;
@@ -468,6 +445,7 @@ impl<S: RangeSource> BlobReader for ChunkedBlob<S> {
         for (n, guard) in guards.iter_mut().enumerate() {
             self.check(first + n, guard)?;
         }
+        let mut failure = None;
         let mut i = 0;
         while i < guards.len() {
             if *guards[i] == Chunk::Present {
@@ -492,11 +470,14 @@ impl<S: RangeSource> BlobReader for ChunkedBlob<S> {
             for (n, guard) in guards[i..j].iter_mut().enumerate() {
                 let (cs, ce) = self.chunk_range(first + i + n);
                 let piece = &bytes[(cs - run_start) as usize..(ce - run_start) as usize];
-                self.store_checked(first + i + n, piece, guard)?;
+                // The run's good chunks are kept even if one of them is bad.
+                if let Err(e) = self.store_checked(first + i + n, piece, guard) {
+                    failure.get_or_insert(e);
+                }
             }
             i = j;
         }
-        Ok(())
+        failure.map_or(Ok(()), Err)
     }
 
     fn read_at(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {

@@ -83,8 +83,8 @@ pub struct LayerStatus {
     pub error: Option<String>,
 }
 
-/// Called with a layer's number when bytes served from it may have been
-/// wrong: it failed its check, or is fetched again from scratch.
+/// Called with a layer's number when it fails its check: what the kernel
+/// cached of it must go too, so that all of its files read as EIO.
 pub type FailureHook = Box<dyn Fn(usize) + Send + Sync>;
 
 pub struct Layers {
@@ -273,10 +273,7 @@ impl Layers {
                         Some(Source::Remote(chunks)) => chunks.clone(),
                         _ => continue,
                     };
-                    let mut result = layers.complete(layer, &chunks, &cache);
-                    if result.is_err() && chunks.resumed() && !served_wrong_bytes(&result) {
-                        result = layers.start_over(i, layer, &chunks, &cache, result);
-                    }
+                    let result = layers.complete(layer, &chunks, &cache);
                     layers.finish(i, layer, &chunks, result, &cache);
                 }
                 for layer in &layers.layers {
@@ -334,37 +331,6 @@ impl Layers {
             cache,
             &|_| {},
         )
-    }
-
-    /// A layer resumed from an earlier daemon's chunks failed its check,
-    /// though every chunk, kept or fetched, matched the index when it was
-    /// taken: the chunk file changed behind our back since. One download
-    /// from scratch, costing a layer's bytes only on this rare path, rules
-    /// that out before the layer is failed.
-    fn start_over(
-        &self,
-        i: usize,
-        layer: &Layer,
-        chunks: &ChunkedBlob<HttpBlob>,
-        cache: &CacheDir,
-        failure: Result<(), LayerError>,
-    ) -> Result<(), LayerError> {
-        let d = &layer.descriptor.digest;
-        if let Err(e) = &failure {
-            tracing::warn!(layer = %d, error = %e,
-                "resumed layer failed its check; fetching it again from scratch");
-        }
-        if let Err(source) = chunks.restart() {
-            tracing::warn!(layer = %d, error = %source, "cannot start the layer over");
-            return failure;
-        }
-        self.set_state(layer, State::Fetching, None);
-        // Nothing read from the kept chunks may be served again.
-        self.spans.forget_layer(i);
-        if let Some(hook) = self.on_failure.get() {
-            hook(i);
-        }
-        self.complete(layer, chunks, cache)
     }
 
     fn finish(
@@ -427,15 +393,8 @@ fn local_blob(cache: &CacheDir, descriptor: &LayerDescriptor) -> Option<FileBlob
     None
 }
 
-/// Whether the registry served a chunk that differs from the verified
-/// index (twice): its blob is not the one the index was built from, and
-/// fetching the layer again cannot help.
-fn served_wrong_bytes(result: &Result<(), LayerError>) -> bool {
-    matches!(result, Err(LayerError::Read { source, .. }) if ChunkMismatch::find(source).is_some())
-}
-
 /// A download that broke off may succeed later; a missing blob or wrong
-/// content never will. A failure is a transfer failure when a transient
+/// content (a chunk that differs from the verified index, twice) never will. A failure is a transfer failure when a transient
 /// registry error caused it, however deep it is wrapped.
 fn is_transfer_failure(e: &io::Error) -> bool {
     if ChunkMismatch::find(e).is_some() {
