@@ -221,7 +221,7 @@ fn sixty_four_readers_for_a_minute() {
     for layer in &image.layers {
         let path = format!("/blobs/{}", layer.digest);
         let stall = Fault::Stall(Duration::from_secs(10));
-        proxy.add_rule(Rule::new("GET", &path, stall).with_range(false).times(1));
+        proxy.add_rule(Rule::new("GET", &path, stall).rest_of_blob().times(1));
     }
     let memory = MEMORY_CACHE_MIB.to_string();
     let mount = sandbox.mount(

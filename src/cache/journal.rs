@@ -3,9 +3,9 @@
 //! download where it left off.
 //!
 //! The journal is not trusted on its own: a record only names a candidate,
-//! and the chunk is kept after a restart only if its bytes on disk still
-//! hash to the recorded value (a kill or power loss may leave a record whose
-//! data never reached the disk). Records are fixed-size slots with a
+//! and the chunk is kept after a restart only if the record and its bytes
+//! on disk both match the sha256 the layer index holds for it (a kill or
+//! power loss may leave a record whose data never reached the disk). Records are fixed-size slots with a
 //! checksum, written in place (never appended blindly), so a torn or short
 //! write damages one slot and the next record overwrites it.
 
@@ -21,11 +21,7 @@ use sha2::{Digest as _, Sha256};
 /// of those 40 bytes.
 const RECORD: usize = 48;
 
-pub type Hash = [u8; 32];
-
-pub fn hash(bytes: &[u8]) -> Hash {
-    Sha256::digest(bytes).into()
-}
+pub use crate::blob::ChunkSum as Hash;
 
 pub struct Journal {
     path: PathBuf,
@@ -117,6 +113,7 @@ fn decode(slot: &[u8]) -> Option<(u64, Hash)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::blob::chunk_sum as hash;
 
     #[test]
     fn records_survive_a_reopen_and_the_last_one_wins() {

@@ -1,5 +1,8 @@
 //! The persisted index of one layer: its tar entries and seek points, keyed
 //! by layer digest and written only after a pass that verified the layer.
+//! It also holds the sha256 of each [`CHUNK_SIZE`] piece of the compressed
+//! blob, recorded by that pass, so bytes fetched piecemeal later (lazy reads)
+//! are checked on arrival rather than only once the whole layer is in.
 //!
 //! File format: a magic line, a little-endian format version, the postcard
 //! encoding of [`LayerIndex`] compressed with zstd, and the sha256 of those
@@ -13,12 +16,13 @@ use sha2::{Digest as _, Sha256};
 
 use super::seek::SeekIndex;
 use super::tar::TarEntry;
+use crate::blob::{CHUNK_SIZE, ChunkSum};
 use crate::cache::{CacheDir, CacheError};
 use crate::digest::Digest;
 
 const MAGIC: &[u8; 15] = b"lazypull-index\n";
 /// Bump on any change to [`LayerIndex`] or what it contains.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// Tar paths repeat their directories entry after entry: compressing the
 /// encoding shrinks an index of many files about threefold, and costs a
 /// few milliseconds per MB at this level.
@@ -53,6 +57,9 @@ pub struct LayerIndex {
     pub diff_id: Digest,
     pub entries: Vec<TarEntry>,
     pub seek: SeekIndex,
+    /// sha256 of each [`CHUNK_SIZE`] piece of the compressed blob (the last
+    /// one shorter), from the verified pass: 32 bytes per MiB of layer.
+    pub chunks: Vec<ChunkSum>,
 }
 
 impl LayerIndex {
@@ -104,6 +111,14 @@ impl LayerIndex {
             .map_err(|e| damaged(format!("undecodable: {e}")))?;
         let index: Self = postcard::from_bytes(&plain).map_err(|e| damaged(e.to_string()))?;
         index.seek.validate().map_err(|e| damaged(e.to_string()))?;
+        let want = index.seek.compressed_size.div_ceil(CHUNK_SIZE);
+        if index.chunks.len() as u64 != want {
+            return Err(damaged(format!(
+                "{} chunk digests for a blob of {} chunks",
+                index.chunks.len(),
+                want
+            )));
+        }
         Ok(index)
     }
 
@@ -127,8 +142,16 @@ impl LayerIndex {
                 tracing::warn!(path = %path.display(), "index file is for another layer; rebuilding it");
                 Ok(None)
             }
+            // Expected once after an upgrade: every layer's index is rebuilt (one
+            // download of the layer) when it is next used.
+            Err(IndexFileError::Version { found, .. }) => {
+                tracing::info!(layer = %digest, path = %path.display(), found,
+                    current = FORMAT_VERSION,
+                    "cached index has an older or newer format; rebuilding it");
+                Ok(None)
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "ignoring the cached index; rebuilding it");
+                tracing::warn!(layer = %digest, error = %e, "ignoring the cached index; rebuilding it");
                 Ok(None)
             }
         }
@@ -169,6 +192,10 @@ mod tests {
             diff_id: Digest::of(&tar),
             entries,
             seek: decoder.finish().unwrap(),
+            chunks: tar
+                .chunks(CHUNK_SIZE as usize)
+                .map(crate::blob::chunk_sum)
+                .collect(),
         }
     }
 
@@ -221,6 +248,26 @@ mod tests {
         assert!(matches!(
             LayerIndex::decode(&forged, path),
             Err(IndexFileError::Damaged { .. })
+        ));
+    }
+
+    #[test]
+    fn an_index_of_another_format_or_chunk_count_is_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CacheDir::open(dir.path()).unwrap();
+        let index = sample();
+        let mut bytes = index.encode().unwrap();
+        // As a lazypull without chunk digests wrote it.
+        bytes[MAGIC.len()..MAGIC.len() + 4].copy_from_slice(&2u32.to_le_bytes());
+        let path = cache.index_path(&index.digest);
+        cache.write_atomic(&path, &bytes).unwrap();
+        assert_eq!(LayerIndex::load(&cache, &index.digest).unwrap(), None);
+
+        let mut extra = index.clone();
+        extra.chunks.push([0; 32]);
+        assert!(matches!(
+            LayerIndex::decode(&extra.encode().unwrap(), &path),
+            Err(IndexFileError::Damaged { detail, .. }) if detail.contains("chunk digests")
         ));
     }
 

@@ -2,13 +2,18 @@
 //! at once. On the same stream of compressed bytes it hashes them (the
 //! layer digest), keeps them (the local blob), inflates them while recording
 //! seek points, hashes the tar (the diff_id) and parses every tar header.
+//! It also hashes each [`CHUNK_SIZE`] piece of the compressed bytes, so the
+//! index can vouch for pieces fetched on their own later.
 
 use std::io::{self, BufReader, BufWriter, Read, Write};
+
+use sha2::{Digest as _, Sha256};
 
 use super::LayerError;
 use super::index::LayerIndex;
 use super::seek::{Compression, SeekIndex, SeekingDecoder};
 use super::tar::{TarEntry, read_entries};
+use crate::blob::{CHUNK_SIZE, ChunkSum};
 use crate::cache::{CacheDir, CacheError};
 use crate::digest::{Digest, HashingReader};
 
@@ -23,10 +28,44 @@ pub struct Expected<'a> {
     pub compression: Compression,
 }
 
-/// Copies every byte read through it into a writer, and reports progress.
+/// The sha256 of each [`CHUNK_SIZE`] piece of a stream.
+#[derive(Default)]
+struct ChunkHasher {
+    sums: Vec<ChunkSum>,
+    current: Sha256,
+    /// Bytes in `current`.
+    filled: u64,
+}
+
+impl ChunkHasher {
+    fn update(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let take = bytes.len().min((CHUNK_SIZE - self.filled) as usize);
+            self.current.update(&bytes[..take]);
+            self.filled += take as u64;
+            bytes = &bytes[take..];
+            if self.filled == CHUNK_SIZE {
+                self.sums
+                    .push(std::mem::take(&mut self.current).finalize().into());
+                self.filled = 0;
+            }
+        }
+    }
+
+    fn finish(mut self) -> Vec<ChunkSum> {
+        if self.filled > 0 {
+            self.sums.push(self.current.finalize().into());
+        }
+        self.sums
+    }
+}
+
+/// Copies every byte read through it into a writer, hashes it chunk by
+/// chunk, and reports progress.
 struct Tee<'a, R, W> {
     inner: R,
     copy: Option<W>,
+    chunks: ChunkHasher,
     progress: &'a (dyn Fn(u64) + Sync),
     total: u64,
     /// Why the copy failed (a full disk). From then on every read fails:
@@ -52,6 +91,7 @@ impl<R: Read, W: Write> Read for Tee<'_, R, W> {
                 "writing the layer's copy to the cache failed",
             ));
         }
+        self.chunks.update(&buf[..n]);
         self.total += n as u64;
         (self.progress)(self.total);
         Ok(n)
@@ -76,6 +116,7 @@ pub fn index_stream(
         copy: blob_file
             .as_ref()
             .map(|f| BufWriter::with_capacity(1 << 20, f.as_file())),
+        chunks: ChunkHasher::default(),
         progress,
         total: 0,
         write_error: None,
@@ -120,6 +161,7 @@ pub fn index_stream(
     if let Some(copy) = compressed.get_mut().copy.as_mut() {
         copy.flush().map_err(copy_failed)?;
     }
+    let chunks = std::mem::take(&mut compressed.get_mut().chunks).finish();
     let (digest, size) = compressed.finish();
     verify(expected, &digest, size, &diff_id)?;
     if let Some(file) = blob_file {
@@ -130,6 +172,7 @@ pub fn index_stream(
         diff_id,
         entries,
         seek,
+        chunks,
     };
     index.store(cache)?;
     Ok(index)
@@ -194,4 +237,24 @@ fn verify(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blob::chunk_sum;
+
+    #[test]
+    fn chunk_sums_do_not_depend_on_how_the_stream_is_cut() {
+        let data: Vec<u8> = (0..(3 * CHUNK_SIZE + 1000))
+            .map(|i| (i % 253) as u8)
+            .collect();
+        let want: Vec<ChunkSum> = data.chunks(CHUNK_SIZE as usize).map(chunk_sum).collect();
+        for cut in [1usize, 4096, 333_333, CHUNK_SIZE as usize, 3 << 20] {
+            let mut hasher = ChunkHasher::default();
+            data.chunks(cut).for_each(|piece| hasher.update(piece));
+            assert_eq!(hasher.finish(), want, "pieces of {cut} bytes");
+        }
+        assert!(ChunkHasher::default().finish().is_empty());
+    }
 }

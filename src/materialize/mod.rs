@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::blob::{BlobReader, FileBlob};
 use crate::cache::CacheDir;
-use crate::cache::chunks::ChunkedBlob;
+use crate::cache::chunks::{ChunkMismatch, ChunkedBlob};
 use crate::cache::space::is_disk_full;
 use crate::cache::spans::SpanCache;
 use crate::layer::index::LayerIndex;
@@ -87,8 +87,8 @@ pub struct LayerStatus {
     pub error: Option<String>,
 }
 
-/// Called with a layer's number when bytes served from it may have been
-/// wrong: it failed its check, or is fetched again from scratch.
+/// Called with a layer's number when it fails its check: what the kernel
+/// cached of it must go too, so that all of its files read as EIO.
 pub type FailureHook = Box<dyn Fn(usize) + Send + Sync>;
 
 pub struct Layers {
@@ -125,7 +125,8 @@ impl Layers {
             let (state, source) = match local_blob(cache, descriptor) {
                 Some(blob) => (State::Ready, Source::Local(Arc::new(blob))),
                 None => {
-                    let chunks = ChunkedBlob::open(client.blob(d, descriptor.size), cache, d)
+                    let remote = client.blob(d, descriptor.size);
+                    let chunks = ChunkedBlob::open(remote, cache, d, index.chunks.clone())
                         .map_err(|source| LayerError::Read {
                             layer: d.clone(),
                             source,
@@ -190,19 +191,26 @@ impl Layers {
             }
         };
         let read = |blob: &dyn BlobReader| self.spans.read(layer, blob, &l.index.seek, offset, len);
+        let remote = source.is_err();
         let result = match source {
             Ok(file) => read(file.as_ref()),
-            Err(chunks) if self.cache_full() => read(chunks.remote()),
+            Err(chunks) if self.cache_full() => read(&chunks.uncached()),
             // A full cache must not fail reads: the bytes are served as
             // they come, just not kept.
             Err(chunks) => match read(chunks.as_ref()) {
                 Err(e) if is_disk_full(&e) => {
                     self.note_cache_full(&e);
-                    read(chunks.remote())
+                    read(&chunks.uncached())
                 }
                 result => result,
             },
         };
+        if remote {
+            // A read that waited on the registry (retries, a stall) counts
+            // until it ends.
+            self.last_remote_read
+                .store(self.millis(), Ordering::Relaxed);
+        }
         result.map_err(|source| ReadError::Layer {
             layer: l.descriptor.digest.to_string(),
             source,
@@ -312,10 +320,7 @@ impl Layers {
                         Some(Source::Remote(chunks)) => chunks.clone(),
                         _ => continue,
                     };
-                    let mut result = layers.complete(layer, &chunks, &cache);
-                    if result.is_err() && chunks.resumed() {
-                        result = layers.start_over(i, layer, &chunks, &cache, result);
-                    }
+                    let result = layers.complete(layer, &chunks, &cache);
                     layers.finish(i, layer, &chunks, result, &cache);
                 }
                 for layer in &layers.layers {
@@ -411,38 +416,6 @@ impl Layers {
         )
     }
 
-    /// A layer resumed from an earlier daemon's chunks failed its check.
-    /// Every kept chunk matched the hash recorded when it was written, so
-    /// the registry most likely served bad bytes (a new download fails the
-    /// same way), but a chunk file changed behind our back would pass that
-    /// test too: one download from scratch, costing a layer's bytes only on
-    /// this rare path, tells the two apart before the layer is failed.
-    fn start_over(
-        &self,
-        i: usize,
-        layer: &Layer,
-        chunks: &ChunkedBlob<HttpBlob>,
-        cache: &CacheDir,
-        failure: Result<(), LayerError>,
-    ) -> Result<(), LayerError> {
-        let d = &layer.descriptor.digest;
-        if let Err(e) = &failure {
-            tracing::warn!(layer = %d, error = %e,
-                "resumed layer failed its check; fetching it again from scratch");
-        }
-        if let Err(source) = chunks.restart() {
-            tracing::warn!(layer = %d, error = %source, "cannot start the layer over");
-            return failure;
-        }
-        self.set_state(layer, State::Fetching, None);
-        // Nothing read from the kept chunks may be served again.
-        self.spans.forget_layer(i);
-        if let Some(hook) = self.on_failure.get() {
-            hook(i);
-        }
-        self.complete(layer, chunks, cache)
-    }
-
     fn finish(
         &self,
         i: usize,
@@ -504,9 +477,12 @@ fn local_blob(cache: &CacheDir, descriptor: &LayerDescriptor) -> Option<FileBlob
 }
 
 /// A download that broke off may succeed later; a missing blob or wrong
-/// content never will. A failure is a transfer failure when a transient
+/// content (a chunk that differs from the verified index, twice) never will. A failure is a transfer failure when a transient
 /// registry error caused it, however deep it is wrapped.
 fn is_transfer_failure(e: &io::Error) -> bool {
+    if ChunkMismatch::find(e).is_some() {
+        return false;
+    }
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
         let mut inner = err;

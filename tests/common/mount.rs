@@ -434,12 +434,12 @@ pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// Applies `fault` to the whole-blob downloads (GETs without Range) of every layer of
-/// `image`, which only the background materializer sends; reads (Range GETs) and the
-/// config pass untouched.
+/// Applies `fault` to the downloads of whole layers or of their rest (GETs without Range
+/// or with `Range: bytes=N-`) of every layer of `image`, which only the background
+/// materializer sends; reads (Range GETs of `bytes=A-B`) and the config pass untouched.
 pub fn hold_background(proxy: &FaultProxy, image: &PushedImage, fault: Fault) {
     for layer in &image.layers {
         let path = format!("/blobs/{}", layer.digest);
-        proxy.add_rule(Rule::new("GET", &path, fault.clone()).with_range(false));
+        proxy.add_rule(Rule::new("GET", &path, fault.clone()).rest_of_blob());
     }
 }

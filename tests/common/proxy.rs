@@ -72,6 +72,9 @@ pub struct Rule {
     path_contains: String,
     /// Whether the request must carry a Range header (`Some(true)`) or lack one (`Some(false)`).
     range: Option<bool>,
+    /// Matches only requests for a whole blob or for the rest of one (`Range: bytes=N-`):
+    /// what lazypull's background download sends, never a read.
+    rest_of_blob: bool,
     skip: u64,
     times: Option<u64>,
     fault: Fault,
@@ -85,6 +88,7 @@ impl Rule {
             method: (method != "*").then(|| method.to_ascii_uppercase()),
             path_contains: path_contains.to_string(),
             range: None,
+            rest_of_blob: false,
             skip: 0,
             times: None,
             fault,
@@ -133,6 +137,14 @@ impl Rule {
         }
     }
 
+    /// Matches only the background download's requests: no Range, or one to the end.
+    pub fn rest_of_blob(self) -> Rule {
+        Rule {
+            rest_of_blob: true,
+            ..self
+        }
+    }
+
     fn matches(&self, server: Server, request: &Request) -> bool {
         self.server == server
             && self.method.as_deref().is_none_or(|m| m == request.method)
@@ -140,6 +152,10 @@ impl Rule {
             && self
                 .range
                 .is_none_or(|r| r == request.header("range").is_some())
+            && (!self.rest_of_blob
+                || request
+                    .header("range")
+                    .is_none_or(|r| r.trim_end().ends_with('-')))
     }
 
     /// Whether the rule fires on its `seen`th (0-based) matching request.
