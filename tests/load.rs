@@ -111,7 +111,8 @@ const HTTP_FDS_MAX: usize = 16 + 1 + 3;
 
 /// The daemon's open descriptors: files by path, and how many belong to the HTTP client.
 /// A layer's data file is one entry whether it is still the chunk file or already the
-/// verified blob: the source swaps when the layer turns ready.
+/// verified blob: the source swaps when the layer turns ready. A chunk file's journal is
+/// left out: it is open while the layer is fetched and closed once it is ready.
 fn open_fds(pid: u32) -> (BTreeMap<String, usize>, usize) {
     let mut files = BTreeMap::new();
     let mut http = 0;
@@ -126,6 +127,7 @@ fn open_fds(pid: u32) -> (BTreeMap<String, usize>, usize) {
         let name = match target.split_once("/blobs/sha256/") {
             Some((_, hex)) => format!("layer {hex}"),
             None => match target.split_once("/chunks/sha256/") {
+                Some((_, file)) if file.ends_with(".journal") => continue,
                 Some((_, file)) => format!("layer {}", file.split('.').next().unwrap_or(file)),
                 None => target
                     .split_once(":[")

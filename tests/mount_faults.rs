@@ -12,7 +12,7 @@ use common::image::{self, Compression, ImageSpec};
 use common::mount::{
     FOREVER, Sandbox, assert_eio, hold_background, is_mounted, pid_alive, random, wait_until,
 };
-use common::proxy::{Fault, FaultProxy};
+use common::proxy::{Fault, FaultProxy, Rule};
 use common::registry::{TestRegistry, Variant};
 use common::tarball::TarBuilder;
 use lazypull::digest::Digest;
@@ -117,8 +117,17 @@ fn pages_cached_before_a_layer_fails_are_not_served_after() {
     fs::write(&path, &blob).unwrap();
 
     let proxy = FaultProxy::start(&reg.base_url());
-    // The background download waits a little, so the read comes first.
-    hold_background(&proxy, &image, Fault::Stall(Duration::from_secs(2)));
+    // The background download waits a little (its first request stalls, its resume
+    // goes through), so the read comes first.
+    proxy.add_rule(
+        Rule::new(
+            "GET",
+            &format!("/blobs/{}", image.layers[0].digest),
+            Fault::Stall(Duration::from_secs(2)),
+        )
+        .rest_of_blob()
+        .times(1),
+    );
     let mount = sandbox.mount(&format!("{}/test/cached:v1", proxy.host()), &[]);
     let file = fs::File::open(mount.join("a")).unwrap();
     let mut before = vec![0u8; a.len()];

@@ -13,7 +13,7 @@ mod common;
 use std::time::Duration;
 
 use common::cold::{Cold, RETRIES, log_lines, read};
-use common::mount::{FOREVER, Mount, assert_eio, hold_background, wait_until};
+use common::mount::{FOREVER, Mount, assert_eio, wait_until};
 use common::proxy::Fault;
 
 /// Every cold read fails with `fault`: EIO, each read of the daemon tried once and
@@ -56,7 +56,7 @@ fn fails_with_eio(c: &Cold, mount: &Mount, fault: Fault, says: &str) {
     assert_eq!(status["pid"], mount.pid());
     assert_eq!(mount.states(), ["fetching"], "{status:#}");
     c.proxy.clear_rules();
-    hold_background(&c.proxy, &c.image, Fault::Stall(FOREVER));
+    c.hold_background();
 }
 
 /// The next `times` attempts meet `fault`: the read returns the right bytes after that many

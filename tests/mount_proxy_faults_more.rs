@@ -8,7 +8,7 @@ use std::fs;
 use std::time::Duration;
 
 use common::cold::{Cold, log_lines, read, read_bound};
-use common::mount::{FOREVER, assert_eio, hold_background, within};
+use common::mount::{assert_eio, within};
 use common::proxy::{Fault, LogEntry, Rule};
 use common::registry::Variant;
 use common::token::TokenOptions;
@@ -57,7 +57,7 @@ fn flipped_byte_in_a_range_answer_is_fetched_again() {
     c.proxy.clear_log();
     // Past the start of the answer, inside `cold`'s bytes.
     c.proxy
-        .add_rule(c.on_reads(Fault::FlipByte(600_000)).nth(1));
+        .add_rule(c.on_reads(Fault::FlipByte(100_000)).nth(1));
     assert!(
         read(&mount, "cold").is_ok_and(|b| b == c.cold),
         "right bytes"
@@ -65,8 +65,8 @@ fn flipped_byte_in_a_range_answer_is_fetched_again() {
 
     let reads = range_reads(&c);
     assert!(reads.len() >= 2, "{reads:#?}");
-    assert_eq!(reads[0].fault, Some(Fault::FlipByte(600_000)));
-    let (chunk, expected, actual) = flipped_chunk(&c, reads[0].range.as_deref().unwrap(), 600_000);
+    assert_eq!(reads[0].fault, Some(Fault::FlipByte(100_000)));
+    let (chunk, expected, actual) = flipped_chunk(&c, reads[0].range.as_deref().unwrap(), 100_000);
     let size = c.layer().size;
     let again = format!(
         "bytes={}-{}",
@@ -107,7 +107,7 @@ fn flipped_byte_in_every_range_answer_is_eio_never_wrong_bytes() {
     let c = Cold::plain();
     let mount = c.mount();
     c.proxy.clear_log();
-    c.proxy.add_rule(c.on_reads(Fault::FlipByte(600_000)));
+    c.proxy.add_rule(c.on_reads(Fault::FlipByte(100_000)));
     assert_eio(read(&mount, "cold"), "a file in the damaged chunk");
 
     let reads = range_reads(&c);
@@ -115,10 +115,10 @@ fn flipped_byte_in_every_range_answer_is_eio_never_wrong_bytes() {
         reads.len() >= 2
             && reads
                 .iter()
-                .all(|e| e.fault == Some(Fault::FlipByte(600_000))),
+                .all(|e| e.fault == Some(Fault::FlipByte(100_000))),
         "{reads:#?}"
     );
-    let (chunk, expected, actual) = flipped_chunk(&c, reads[0].range.as_deref().unwrap(), 600_000);
+    let (chunk, expected, actual) = flipped_chunk(&c, reads[0].range.as_deref().unwrap(), 100_000);
     let digest = c.layer().digest.to_string();
     let lines = log_lines(
         &c.sandbox,
@@ -143,7 +143,7 @@ fn flipped_byte_in_every_range_answer_is_eio_never_wrong_bytes() {
 
     // The fault clears (the background download still held back): the lazy read works.
     c.proxy.clear_rules();
-    hold_background(&c.proxy, &c.image, Fault::Stall(FOREVER));
+    c.hold_background();
     assert!(
         read(&mount, "cold").is_ok_and(|b| b == c.cold),
         "right bytes"
@@ -292,7 +292,12 @@ fn drip_read_completes_while_the_mount_stays_responsive() {
     let got = rx
         .recv_timeout(read_bound())
         .expect("the drip read finishes");
-    assert!(got.is_ok_and(|b| b == c.cold), "the drip read's bytes");
+    assert!(
+        got.as_ref().is_ok_and(|b| *b == c.cold),
+        "the drip read's bytes: {:?}\n{}",
+        got.map(|b| b.len()),
+        c.sandbox.daemon_log()
+    );
     let attempts = c.read_attempts();
     assert_eq!(attempts.len(), 1, "no retry: {attempts:#?}");
     c.clear_and_verify(&mount);

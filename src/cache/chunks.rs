@@ -378,13 +378,21 @@ impl<S: RangeSource> ChunkedBlob<S> {
                     continue;
                 }
             }
-            // The rest of the blob, from the first missing chunk: one stream
-            // while nothing interrupts it, and a request a test (or an
-            // operator reading logs) can tell from a read's.
+            let mut j = i + 1;
+            while j < last && self.is_free_and_missing(j)? {
+                j += 1;
+            }
+            // Up to the next chunk a reader got, or the rest of the blob
+            // (`bytes=N-`: a request one can tell from a read's).
             let (start, _) = self.chunk_range(i);
-            let mut stream = self.remote.stream(start, self.size)?;
+            let end = if j == self.chunks.len() {
+                self.size
+            } else {
+                self.chunk_range(j - 1).1
+            };
+            let mut stream = self.remote.stream(start, end)?;
             let mut k = i;
-            while k < last {
+            while k < j {
                 // A chunk a reader got (or is getting) meanwhile: drop the
                 // stream rather than fetch it twice.
                 if !self.is_free_and_missing(k)? {

@@ -58,15 +58,31 @@ impl Cold {
         }
         sandbox.index(&format!("{}/{REPO}:v1", reg.host()), &["--span", "1048576"]);
         sandbox.prune_blobs();
-        hold_background(&proxy, &image, Fault::Stall(FOREVER));
-        Cold {
+        let cold = Cold {
             reg,
             image,
             cold,
             head,
             sandbox,
             proxy,
+        };
+        cold.hold_background();
+        cold
+    }
+
+    /// Holds the background download back: its whole-blob and rest-of-blob requests, and,
+    /// once a read got chunks of `cold`, the run before them, from byte 0, which no read
+    /// of `cold` asks for when `head` comes first.
+    pub fn hold_background(&self) {
+        hold_background(&self.proxy, &self.image, Fault::Stall(FOREVER));
+        if self.head.is_empty() {
+            return;
         }
+        self.proxy.add_rule(
+            Rule::new("GET", &self.blob_path(), Fault::Stall(FOREVER))
+                .with_range(true)
+                .range_starting_at(0),
+        );
     }
 
     pub fn plain() -> Cold {

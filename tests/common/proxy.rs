@@ -75,6 +75,8 @@ pub struct Rule {
     /// Matches only requests for a whole blob or for the rest of one (`Range: bytes=N-`):
     /// what lazypull's background download sends, never a read.
     rest_of_blob: bool,
+    /// Matches only Range requests that start at this byte.
+    range_start: Option<u64>,
     skip: u64,
     times: Option<u64>,
     fault: Fault,
@@ -89,6 +91,7 @@ impl Rule {
             path_contains: path_contains.to_string(),
             range: None,
             rest_of_blob: false,
+            range_start: None,
             skip: 0,
             times: None,
             fault,
@@ -145,6 +148,14 @@ impl Rule {
         }
     }
 
+    /// Matches only Range requests that start at byte `start`.
+    pub fn range_starting_at(self, start: u64) -> Rule {
+        Rule {
+            range_start: Some(start),
+            ..self
+        }
+    }
+
     fn matches(&self, server: Server, request: &Request) -> bool {
         self.server == server
             && self.method.as_deref().is_none_or(|m| m == request.method)
@@ -152,6 +163,11 @@ impl Rule {
             && self
                 .range
                 .is_none_or(|r| r == request.header("range").is_some())
+            && self.range_start.is_none_or(|start| {
+                request
+                    .header("range")
+                    .is_some_and(|r| r.starts_with(&format!("bytes={start}-")))
+            })
             && (!self.rest_of_blob
                 || request
                     .header("range")
