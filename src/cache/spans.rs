@@ -1,9 +1,13 @@
 //! Inflated spans of layers in a bounded memory LRU, so that sequential
 //! reads of a compressed layer inflate each span once, and concurrent
 //! readers of one span wait for a single inflate (and a single fetch).
+//! A span is inflated only as far as reads need (plus a little): a cold
+//! read then fetches the compressed bytes from the span's seek point to its
+//! data, not to the next seek point. Later reads further in extend it.
 
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
@@ -17,6 +21,11 @@ const PLAIN_SPAN: u64 = 1 << 20;
 const MAX_CACHED_SPAN: u64 = 64 << 20;
 /// Memory per shard of the cache: room for a few spans of up to 4 MiB.
 const SHARD_BYTES: u64 = 16 << 20;
+/// Inflated past what a read asks for, so that the next reads of a file
+/// find it; a span that must grow again at least doubles.
+pub const READ_AHEAD: u64 = 128 << 10;
+/// Locks that make the inflate of a span single-flight, by key hash.
+const LOCKS: usize = 64;
 
 #[derive(Clone)]
 struct ByLen;
@@ -28,7 +37,9 @@ impl Weighter<(usize, u64), Arc<Vec<u8>>> for ByLen {
 }
 
 pub struct SpanCache {
+    /// (layer, span start) → the span's first bytes, inflated.
     cache: Cache<(usize, u64), Arc<Vec<u8>>, ByLen>,
+    inflating: Vec<Mutex<()>>,
 }
 
 impl SpanCache {
@@ -40,6 +51,7 @@ impl SpanCache {
         let shards = (memory_bytes / SHARD_BYTES).max(1);
         Self {
             cache: Cache::with_weighter((32 * shards) as usize, memory_bytes.max(1), ByLen),
+            inflating: (0..LOCKS).map(|_| Mutex::new(())).collect(),
         }
     }
 
@@ -62,22 +74,49 @@ impl SpanCache {
                 out.extend_from_slice(&bytes);
                 break;
             }
-            let span = self.cache.get_or_insert_with(&(layer, start), || {
-                let (from, to) = seek.compressed_span_for(start, span_end - start);
-                blob.prefetch(from, to)?;
-                read_at(blob, seek, start, span_end - start)
-                    .map(Arc::new)
-                    .map_err(io::Error::other)
-            })?;
+            let need = end.min(span_end);
+            let span = self.span(layer, blob, seek, (start, span_end), need)?;
             let from = (pos - start) as usize;
-            let to = (end.min(span_end) - start) as usize;
+            let to = (need - start) as usize;
             if from >= span.len() || to > span.len() {
                 return Err(io::Error::other("layer ended before its index said"));
             }
             out.extend_from_slice(&span[from..to]);
-            pos = start + to as u64;
+            pos = need;
         }
         Ok(out)
+    }
+
+    /// The span `[start, end)` of `layer` inflated at least up to `need`.
+    fn span(
+        &self,
+        layer: usize,
+        blob: &dyn BlobReader,
+        seek: &SeekIndex,
+        (start, end): (u64, u64),
+        need: u64,
+    ) -> io::Result<Arc<Vec<u8>>> {
+        let key = (layer, start);
+        let covers = |v: &Arc<Vec<u8>>| start + v.len() as u64 >= need;
+        if let Some(span) = self.cache.get(&key).filter(covers) {
+            return Ok(span);
+        }
+        let mut h = DefaultHasher::new();
+        key.hash(&mut h);
+        let _inflating = self.inflating[h.finish() as usize % LOCKS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let have = match self.cache.get(&key) {
+            Some(span) if covers(&span) => return Ok(span),
+            Some(span) => span.len() as u64,
+            None => 0,
+        };
+        let target = end.min((need + READ_AHEAD).max(start + 2 * have));
+        let (from, to) = seek.compressed_prefix_for(start, target - start);
+        blob.prefetch(from, to)?;
+        let span = Arc::new(read_at(blob, seek, start, target - start).map_err(io::Error::other)?);
+        self.cache.insert(key, Arc::clone(&span));
+        Ok(span)
     }
 
     /// Drops every span of `layer` (its source changed).
@@ -86,8 +125,9 @@ impl SpanCache {
     }
 }
 
-/// The compressed bytes a read of `len` bytes at `offset` inflates: whole
-/// spans, as [`SpanCache::read`] reads them.
+/// The compressed bytes a read of `len` bytes at `offset` inflates, as
+/// [`SpanCache::read`] reads them: from the seek point of its first span to
+/// a little past its end.
 pub fn compressed_range(seek: &SeekIndex, offset: u64, len: u64) -> (u64, u64) {
     let end = offset.saturating_add(len).min(seek.uncompressed_size);
     if end <= offset {
@@ -95,7 +135,8 @@ pub fn compressed_range(seek: &SeekIndex, offset: u64, len: u64) -> (u64, u64) {
     }
     let (start, _) = span_of(seek, offset);
     let (_, span_end) = span_of(seek, end - 1);
-    seek.compressed_span_for(start, span_end - start)
+    let target = span_end.min(end + READ_AHEAD);
+    seek.compressed_prefix_for(start, target - start)
 }
 
 /// The uncompressed range `[start, end)` of the span holding `offset`.
@@ -124,6 +165,8 @@ mod tests {
     struct Counting {
         data: Vec<u8>,
         reads: AtomicUsize,
+        /// The end of the furthest byte read.
+        furthest: std::sync::atomic::AtomicU64,
     }
 
     impl BlobReader for Counting {
@@ -132,6 +175,7 @@ mod tests {
         }
         fn read_at(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
             self.reads.fetch_add(1, Ordering::SeqCst);
+            self.furthest.fetch_max(offset + len, Ordering::SeqCst);
             self.data.read_at(offset, len)
         }
     }
@@ -141,6 +185,7 @@ mod tests {
         let blob = Counting {
             data: (0..2 * PLAIN_SPAN).map(|i| (i % 251) as u8).collect(),
             reads: AtomicUsize::new(0),
+            furthest: Default::default(),
         };
         let seek = SeekIndex {
             compression: Compression::None,
@@ -155,5 +200,46 @@ mod tests {
             assert!(got == blob.data[10..], "wrong bytes");
         }
         assert_eq!(blob.reads.load(Ordering::SeqCst), 2, "one read per span");
+    }
+
+    /// A read at a span's start inflates (and fetches) only its head; reads
+    /// further in extend the span, and every byte is right.
+    #[test]
+    fn a_span_is_inflated_only_as_far_as_reads_need() {
+        use std::io::{Read, Write};
+        let mut data = vec![0u8; 3 << 20];
+        fastrand::Rng::with_seed(5).fill(&mut data);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+        gz.write_all(&data).unwrap();
+        let compressed = gz.finish().unwrap();
+        let mut dec =
+            crate::layer::seek::SeekingDecoder::new(&compressed[..], Compression::Gzip, 1 << 20)
+                .unwrap();
+        std::io::copy(&mut dec.by_ref(), &mut std::io::sink()).unwrap();
+        let seek = dec.finish().unwrap();
+        let second = seek.points[1].compressed_offset;
+        let blob = Counting {
+            data: compressed,
+            reads: AtomicUsize::new(0),
+            furthest: Default::default(),
+        };
+        let cache = SpanCache::new(64 << 20);
+        assert_eq!(cache.read(0, &blob, &seek, 10, 100).unwrap(), data[10..110]);
+        let furthest = blob.furthest.load(Ordering::SeqCst);
+        assert!(
+            furthest < second / 2,
+            "fetched up to {furthest} of a span ending at {second}"
+        );
+        let far = (900 << 10)..(1000 << 10);
+        let got = cache.read(0, &blob, &seek, far.start, 100 << 10).unwrap();
+        assert!(
+            got == data[far.start as usize..far.end as usize],
+            "wrong bytes further in the span"
+        );
+        let mut all = Vec::new();
+        for offset in (0..data.len() as u64).step_by(128 << 10) {
+            all.extend(cache.read(0, &blob, &seek, offset, 128 << 10).unwrap());
+        }
+        assert!(all == data, "a sequential read differs");
     }
 }

@@ -77,9 +77,9 @@ impl Trace {
 
 #[derive(Default)]
 struct Recorded {
-    /// Opens by (layer, offset), reads by (layer, span start): what
-    /// `events` holds already.
-    seen: HashSet<(Event, usize, u64)>,
+    /// Opens by (layer, offset), reads by (layer, span start): where in
+    /// `events` they are.
+    seen: HashMap<(Event, usize, u64), usize>,
     events: Vec<(Event, Access)>,
 }
 
@@ -114,10 +114,18 @@ impl Recorder {
             return;
         }
         let mut r = self.recorded.lock().unwrap_or_else(lock_err);
-        if r.events.len() < MAX_ACCESSES && r.seen.insert((event, access.layer, key)) {
-            r.events.push((event, access));
-            self.dirty.store(true, Ordering::Relaxed);
+        let next = r.events.len();
+        match r.seen.get(&(event, access.layer, key)).copied() {
+            // A later read further into a span makes its entry longer.
+            Some(i) if r.events[i].1.len < access.len => r.events[i].1.len = access.len,
+            Some(_) => return,
+            None if next < MAX_ACCESSES => {
+                r.seen.insert((event, access.layer, key), next);
+                r.events.push((event, access));
+            }
+            None => return,
         }
+        self.dirty.store(true, Ordering::Relaxed);
     }
 
     /// The list: reads and opens in the order they came, without the opens
@@ -170,12 +178,13 @@ struct Job {
     from: u64,
     to: u64,
     offset: u64,
+    len: u64,
 }
 
 impl Layers {
     /// Fetches, in the list's order and [`WORKERS`] requests at a time, the
     /// spans the listed opens read, for layers that are not local; then
-    /// inflates each job's first span, so that the reader finds it ready.
+    /// inflates them, so that the reader finds them ready.
     /// Failures are left to the reads themselves.
     pub(super) fn prefetch(&self, trace: &Trace) {
         let jobs = self.plan(trace);
@@ -230,6 +239,7 @@ impl Layers {
                     from,
                     to,
                     offset: a.offset,
+                    len,
                 });
             }
         }
@@ -250,7 +260,7 @@ impl Layers {
             tracing::debug!(layer = job.layer, error = %e, "prefetch failed; the read will fetch");
             return;
         }
-        let _ = self.read(job.layer, job.offset, 1);
+        let _ = self.read(job.layer, job.offset, job.len);
     }
 
     /// Records that a file's range was opened and passed through to a local
@@ -274,7 +284,7 @@ impl Layers {
             let access = Access {
                 layer,
                 offset: start,
-                len: 1,
+                len: end.min(span_end) - start,
             };
             self.recorder.record(Event::Read, start, access);
             pos = span_end.max(pos + 1);
@@ -304,8 +314,9 @@ mod tests {
         r.record(Event::Open, 0, access(0, 0, 10 << 20));
         r.record(Event::Read, 0, access(0, 0, 1));
         r.record(Event::Read, 5 << 20, access(0, 5 << 20, 1));
-        // Another read of the same span adds nothing.
+        // Another read of the same span adds nothing, unless it goes further.
         r.record(Event::Read, 5 << 20, access(0, 5 << 20, 1));
+        r.record(Event::Read, 5 << 20, access(0, 5 << 20, 9000));
         // A file passed through to a local copy: never read here, listed whole.
         r.record(Event::Open, 20 << 20, access(0, 20 << 20, 300));
         // The same offset in another layer is another file.
@@ -314,7 +325,7 @@ mod tests {
             r.trace().accesses,
             [
                 access(0, 0, 1),
-                access(0, 5 << 20, 1),
+                access(0, 5 << 20, 9000),
                 access(0, 20 << 20, 300),
                 access(1, 0, 50),
             ]

@@ -41,6 +41,10 @@ pub use window::Window;
 /// of 0.9 % (see BENCHMARKS.md).
 pub const DEFAULT_SPAN: u64 = 1 << 20;
 
+/// Margin on an interpolated compressed offset: compression ratios vary
+/// within a span.
+const ESTIMATE_SLACK: u64 = 64 << 10;
+
 /// How a layer blob is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -180,6 +184,21 @@ impl SeekIndex {
             return (start, start);
         }
         (start, self.end_hint(end).max(start))
+    }
+
+    /// The compressed bytes a read of the uncompressed range `offset..offset
+    /// + len` most likely needs: from the seek point at or before `offset` to
+    /// an estimate (with some slack) of where the range's end is produced,
+    /// within [`SeekIndex::compressed_span_for`]. A short guess costs
+    /// [`read_at`] another fetch, never wrong bytes.
+    pub fn compressed_prefix_for(&self, offset: u64, len: u64) -> (u64, u64) {
+        let (start, end) = self.compressed_span_for(offset, len);
+        if self.compression == Compression::None {
+            return (start, end);
+        }
+        let want = offset.saturating_add(len).min(self.uncompressed_size);
+        let guess = self.end_estimate(want).saturating_add(ESTIMATE_SLACK);
+        (start, guess.clamp(start, end))
     }
 
     /// Checks the structure of every point (order, ranges, bits). Windows are
