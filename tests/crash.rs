@@ -262,7 +262,8 @@ fn a_garbled_lazy_read_is_never_kept_for_the_next_daemon() {
     let mountpoint = s.sandbox.mountpoint("mnt");
     let mount = s.sandbox.mount_at(&mountpoint, &reference, &[]);
     let file = fs::File::open(mount.join("big")).unwrap();
-    let mut buf = vec![0u8; 4096];
+    // One FUSE read's worth: its answer spans more chunks than the garbled one.
+    let mut buf = vec![0u8; 128 << 10];
     let read = file.read_exact_at(&mut buf, 0);
     assert_eq!(
         read.map_err(|e| e.raw_os_error()),

@@ -111,9 +111,15 @@ impl Cold {
         format!("/blobs/{}", self.layer().digest)
     }
 
-    /// A rule for the layer's lazy reads (its Range GETs).
+    /// A rule for the layer's lazy reads (its Range GETs), which neither fires on nor
+    /// counts the background download's requests.
     pub fn on_reads(&self, fault: Fault) -> Rule {
-        Rule::new("GET", &self.blob_path(), fault).with_range(true)
+        let rule = Rule::new("GET", &self.blob_path(), fault).with_range(true);
+        if self.head.is_empty() {
+            rule
+        } else {
+            rule.read_not_from(0)
+        }
     }
 
     /// The attempts of the last cold read: the Range GETs of the layer since the log was

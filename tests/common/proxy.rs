@@ -77,6 +77,9 @@ pub struct Rule {
     rest_of_blob: bool,
     /// Matches only Range requests that start at this byte.
     range_start: Option<u64>,
+    /// Matches only requests with a closed Range (`bytes=A-B`) that does not start at
+    /// this byte: reads, never the background download's requests.
+    read_not_from: Option<u64>,
     skip: u64,
     times: Option<u64>,
     fault: Fault,
@@ -92,6 +95,7 @@ impl Rule {
             range: None,
             rest_of_blob: false,
             range_start: None,
+            read_not_from: None,
             skip: 0,
             times: None,
             fault,
@@ -156,6 +160,15 @@ impl Rule {
         }
     }
 
+    /// Matches only reads (a closed Range) that do not start at byte `start` (where the
+    /// background download's runs start when reads got the chunks after them).
+    pub fn read_not_from(self, start: u64) -> Rule {
+        Rule {
+            read_not_from: Some(start),
+            ..self
+        }
+    }
+
     fn matches(&self, server: Server, request: &Request) -> bool {
         self.server == server
             && self.method.as_deref().is_none_or(|m| m == request.method)
@@ -167,6 +180,11 @@ impl Rule {
                 request
                     .header("range")
                     .is_some_and(|r| r.starts_with(&format!("bytes={start}-")))
+            })
+            && self.read_not_from.is_none_or(|start| {
+                request.header("range").is_some_and(|r| {
+                    !r.trim_end().ends_with('-') && !r.starts_with(&format!("bytes={start}-"))
+                })
             })
             && (!self.rest_of_blob
                 || request
