@@ -115,8 +115,12 @@ fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
 impl Filesystem for LazyFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Optional speedups: a kernel without them still works.
-        let _ = config
-            .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
+        // The tree never changes: symlink targets may stay in the page cache.
+        let _ = config.add_capabilities(
+            InitFlags::FUSE_DO_READDIRPLUS
+                | InitFlags::FUSE_READDIRPLUS_AUTO
+                | InitFlags::FUSE_CACHE_SYMLINKS,
+        );
         let _ = config.set_max_readahead(1 << 20);
         // Depth 1 leaves room for overlayfs on top (a container's rootfs).
         self.passthrough = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
@@ -186,6 +190,19 @@ impl Filesystem for LazyFs {
             FopenFlags::empty()
         };
         reply.opened(FileHandle(0), flags)
+    }
+
+    /// Directories never change: the kernel may keep their listings in its
+    /// page cache across opens, so a second `find` sends no readdir.
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.node(ino).map(Node::children) {
+            Ok(Some(_)) => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            Ok(None) => reply.error(Errno::ENOTDIR),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn release(
