@@ -109,8 +109,13 @@ impl Recorder {
         }
     }
 
+    /// Whether opens and reads are still recorded (startup is not over).
+    fn recording(&self) -> bool {
+        self.started.elapsed() <= RECORD_WINDOW
+    }
+
     fn record(&self, event: Event, key: u64, access: Access) {
-        if self.started.elapsed() > RECORD_WINDOW {
+        if !self.recording() {
             return;
         }
         let mut r = self.recorded.lock().unwrap_or_else(lock_err);
@@ -273,7 +278,7 @@ impl Layers {
     /// Records a read that a program made (for the next mount's list): the
     /// spans it touched, each once.
     pub fn was_read(&self, layer: usize, offset: u64, len: u64) {
-        let Some(l) = self.layers.get(layer) else {
+        let Some(l) = self.layers.get(layer).filter(|_| self.recorder.recording()) else {
             return;
         };
         let seek = &l.index.seek;
