@@ -341,22 +341,24 @@ fn start(args: &MountArgs) -> anyhow::Result<Started> {
     Ok((session, store_trace))
 }
 
-/// Buffers at least this large are mapped and unmapped on their own.
+/// How often freed heap memory is given back to the system.
 #[cfg(target_env = "gnu")]
-const MMAP_THRESHOLD: i32 = 256 << 10;
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// glibc raises its mmap threshold to the size of each large buffer freed,
-/// after which the spans (4 MiB) and their compressed bytes that the read
-/// workers allocate come from per-thread heaps that keep the memory: the
-/// daemon's peak RSS under load was three times what it is with the fixed
-/// threshold. A fixed threshold gives large buffers back as they are freed.
+/// glibc keeps what threads free in per-thread heaps: the inflated spans and
+/// compressed bytes the read workers allocate and drop made the daemon's RSS
+/// under load several times the span cache. A thread gives it back every few
+/// seconds. (A fixed mmap threshold did that too, but made every FUSE request
+/// slower: a cold `find` over a mount took three times as long.)
 fn limit_heap_growth() {
     #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only changes allocator parameters; called before the
-    // worker threads start.
-    if unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) } != 1 {
-        tracing::warn!("cannot set the allocator's mmap threshold");
-    }
+    let _ = std::thread::Builder::new().name("trim".into()).spawn(|| {
+        loop {
+            std::thread::sleep(TRIM_EVERY);
+            // SAFETY: malloc_trim only returns free memory to the system.
+            unsafe { libc::malloc_trim(0) };
+        }
+    });
 }
 
 #[derive(Args)]
