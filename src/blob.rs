@@ -12,10 +12,12 @@ use sha2::{Digest as _, Sha256};
 /// as a unit: the verifying pass records each piece's sha256 in the layer
 /// index, and the chunk cache checks every piece it gets against it.
 /// Neighbouring missing chunks are fetched with one request, so a small
-/// chunk costs no round trips; it keeps what a cold read fetches close to
-/// what its span needs (a 1 MiB span is about 400 KiB of gzip). The index
-/// grows by 128 bytes per MiB of layer.
-pub const CHUNK_SIZE: u64 = 256 << 10;
+/// chunk costs no round trips on a prefetch; it keeps what a read fetches
+/// close to what its span needs (python's start in BENCHMARKS.md fetched
+/// 15.3 MiB with 256 KiB chunks, 11.8 MiB with 64 KiB; 16 KiB saved 0.9 MiB
+/// more but made reads without a prefetch list slower: each growth of a
+/// span became a round trip). The index grows by 512 bytes per MiB of layer.
+pub const CHUNK_SIZE: u64 = 64 << 10;
 
 /// The sha256 of one chunk.
 pub type ChunkSum = [u8; 32];

@@ -27,7 +27,7 @@ fn corrupt_blob_fails_its_layer_only() {
         ),
         (
             TarBuilder::new()
-                .file("mid", random(64 << 10, 3), 0o644)
+                .file("mid", random(48 << 10, 3), 0o644)
                 .build(),
             Compression::Gzip,
         ),

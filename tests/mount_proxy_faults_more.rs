@@ -15,6 +15,10 @@ use common::token::TokenOptions;
 use lazypull::blob::CHUNK_SIZE;
 use lazypull::digest::Digest;
 
+/// Where in an answer a byte is flipped: inside its first chunk (answers start at a chunk
+/// boundary), so that a chunk fetched again on its own is damaged too.
+const FLIP_AT: u64 = 30_000;
+
 /// Where a flip in an answer to `range` lands: the chunk number and the chunk's right and
 /// damaged sha256.
 fn flipped_chunk(c: &Cold, range: &str, flip: u64) -> (u64, Digest, Digest) {
@@ -55,9 +59,8 @@ fn flipped_byte_in_a_range_answer_is_fetched_again() {
     let c = Cold::plain();
     let mount = c.mount();
     c.proxy.clear_log();
-    // Past the start of the answer, inside `cold`'s bytes.
     c.proxy
-        .add_rule(c.on_reads(Fault::FlipByte(100_000)).nth(1));
+        .add_rule(c.on_reads(Fault::FlipByte(FLIP_AT)).nth(1));
     assert!(
         read(&mount, "cold").is_ok_and(|b| b == c.cold),
         "right bytes"
@@ -65,8 +68,8 @@ fn flipped_byte_in_a_range_answer_is_fetched_again() {
 
     let reads = range_reads(&c);
     assert!(reads.len() >= 2, "{reads:#?}");
-    assert_eq!(reads[0].fault, Some(Fault::FlipByte(100_000)));
-    let (chunk, expected, actual) = flipped_chunk(&c, reads[0].range.as_deref().unwrap(), 100_000);
+    assert_eq!(reads[0].fault, Some(Fault::FlipByte(FLIP_AT)));
+    let (chunk, expected, actual) = flipped_chunk(&c, reads[0].range.as_deref().unwrap(), FLIP_AT);
     let size = c.layer().size;
     let again = format!(
         "bytes={}-{}",
@@ -107,7 +110,7 @@ fn flipped_byte_in_every_range_answer_is_eio_never_wrong_bytes() {
     let c = Cold::plain();
     let mount = c.mount();
     c.proxy.clear_log();
-    c.proxy.add_rule(c.on_reads(Fault::FlipByte(100_000)));
+    c.proxy.add_rule(c.on_reads(Fault::FlipByte(FLIP_AT)));
     assert_eio(read(&mount, "cold"), "a file in the damaged chunk");
 
     let reads = range_reads(&c);
@@ -115,10 +118,10 @@ fn flipped_byte_in_every_range_answer_is_eio_never_wrong_bytes() {
         reads.len() >= 2
             && reads
                 .iter()
-                .all(|e| e.fault == Some(Fault::FlipByte(100_000))),
+                .all(|e| e.fault == Some(Fault::FlipByte(FLIP_AT))),
         "{reads:#?}"
     );
-    let (chunk, expected, actual) = flipped_chunk(&c, reads[0].range.as_deref().unwrap(), 100_000);
+    let (chunk, expected, actual) = flipped_chunk(&c, reads[0].range.as_deref().unwrap(), FLIP_AT);
     let digest = c.layer().digest.to_string();
     let lines = log_lines(
         &c.sandbox,

@@ -22,7 +22,7 @@ use crate::digest::Digest;
 
 const MAGIC: &[u8; 15] = b"lazypull-index\n";
 /// Bump on any change to [`LayerIndex`] or what it contains.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// Tar paths repeat their directories entry after entry: compressing the
 /// encoding shrinks an index of many files about threefold, and costs a
 /// few milliseconds per MB at this level.
