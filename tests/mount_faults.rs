@@ -15,6 +15,7 @@ use common::mount::{
 use common::proxy::{Fault, FaultProxy, Rule};
 use common::registry::{TestRegistry, Variant};
 use common::tarball::TarBuilder;
+use lazypull::blob::CHUNK_SIZE;
 use lazypull::digest::Digest;
 
 #[test]
@@ -45,6 +46,7 @@ fn corrupt_blob_fails_its_layer_only() {
     let bad = &image.layers[1];
     let path = reg.blob_path(&bad.digest);
     let mut blob = fs::read(&path).unwrap();
+    assert!(blob.len() as u64 <= CHUNK_SIZE, "the layer is one chunk");
     let middle = blob.len() / 2;
     blob[middle] ^= 0x01;
     fs::write(&path, &blob).unwrap();

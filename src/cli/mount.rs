@@ -360,7 +360,7 @@ const MALLOC_ARENAS: libc::c_int = 2;
 fn limit_heap_growth() {
     #[cfg(target_env = "gnu")]
     {
-        // SAFETY: mallopt only changes allocator tuning; called before other threads exist.
+        // SAFETY: mallopt only changes allocator tuning, and glibc makes it thread-safe.
         unsafe { libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS) };
         let _ = std::thread::Builder::new().name("trim".into()).spawn(|| {
             loop {
