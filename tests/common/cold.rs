@@ -123,14 +123,21 @@ impl Cold {
     }
 
     /// The attempts of the last cold read: the Range GETs of the layer since the log was
-    /// cleared that ask for the same bytes as the first (the background download, once
-    /// let go, asks for other runs).
+    /// cleared that ask for the same bytes as the first read. The background download's
+    /// requests are left out: it asks for the rest of the blob, or, once it wakes up
+    /// between two reads of a test, for the run from byte 0, which no read of `cold`
+    /// asks for when `head` comes first.
     pub fn read_attempts(&self) -> Vec<LogEntry> {
         let reads: Vec<LogEntry> = self
             .proxy
             .requests("GET", &self.blob_path())
             .into_iter()
-            .filter(|e| e.range.is_some())
+            .filter(|e| {
+                e.range.as_deref().is_some_and(|r| {
+                    !r.trim_end().ends_with('-')
+                        && (self.head.is_empty() || !r.starts_with("bytes=0-"))
+                })
+            })
             .collect();
         let Some(first) = reads.first().map(|e| e.range.clone()) else {
             return reads;
