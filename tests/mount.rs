@@ -3,18 +3,17 @@
 //! a chroot into the mount; what a remount fetches; writes refused.
 //!
 //! Faults (corruption, a dead registry, a dead daemon, signals) and concurrent cold
-//! reads are in `mount_faults.rs`.
+//! reads are in `mount_faults.rs`; the prefetch list in `prefetch.rs`.
 
 mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
-use std::time::Duration;
 
 use common::image::{self, Compression, ImageSpec, PushedImage};
-use common::mount::{Sandbox, hold_background, random, states, wait_until};
-use common::proxy::{Fault, FaultProxy, LogEntry, Rule};
+use common::mount::{Sandbox, hold_background, random, states};
+use common::proxy::{Fault, FaultProxy, LogEntry};
 use common::registry::{TestRegistry, Variant};
 use common::tarball::TarBuilder;
 use common::unpacked::{compare, entry, listing, umoci_reference};
@@ -303,7 +302,7 @@ fn remount_fetches_only_manifest_and_config() {
         Fault::Stall(std::time::Duration::from_secs(300)),
     );
     // Without the prefetch list the reads of the warm mount left, which would send
-    // Range requests of its own (see `prefetch_list_fetches_what_a_mount_read_first`).
+    // Range requests of its own (see `prefetch.rs`).
     let mount = sandbox.mount(&reference, &["--no-prefetch"]);
     let log = proxy.log();
     for e in beyond_manifest_and_config(&log, &image) {
@@ -323,74 +322,6 @@ fn remount_fetches_only_manifest_and_config() {
         .filter(|e| e.path.ends_with(&image.layers[1].digest.to_string()) && e.range.is_some())
         .collect();
     assert!(!reads.is_empty(), "the cold read sent no Range request");
-    mount.umount();
-}
-
-/// A mount records which files were opened first; after `cache prune --blobs`, the next
-/// mount fetches those files' spans by itself, before anything reads them, and nothing
-/// else: the reads then send no request.
-#[test]
-fn prefetch_list_fetches_what_a_mount_read_first() {
-    let reg = TestRegistry::start(Variant::Plain);
-    // Ten incompressible files of 2 MiB, each in seek spans of its own.
-    let files: Vec<Vec<u8>> = (0..10).map(|i| random(2 << 20, 10 + i)).collect();
-    let mut tar = TarBuilder::new();
-    for (i, data) in files.iter().enumerate() {
-        tar = tar.file(&format!("f{i}"), data.clone(), 0o644);
-    }
-    let spec = ImageSpec::new(vec![(tar.build(), Compression::Gzip)]);
-    let image = image::push_image(&reg, "test/prefetch", "v1", &spec);
-    let proxy = FaultProxy::start(&reg.base_url());
-    let reference = format!("{}/test/prefetch:v1", proxy.host());
-    let sandbox = Sandbox::new();
-
-    let mount = sandbox.mount(&reference, &[]);
-    assert_eq!(fs::read(mount.join("f0")).unwrap(), files[0]);
-    assert_eq!(fs::read(mount.join("f9")).unwrap(), files[9]);
-    mount.umount();
-    let list = sandbox
-        .cache()
-        .join("traces/sha256")
-        .join(image.manifest_digest.hex());
-    assert!(list.is_file(), "no prefetch list at {}", list.display());
-    let listed = fs::read_to_string(&list).unwrap();
-
-    sandbox.prune_blobs();
-    proxy.clear_log();
-    let stall = Fault::Stall(std::time::Duration::from_secs(300));
-    hold_background(&proxy, &image, stall.clone());
-    let layer = image.layers[0].digest.to_string();
-    let mount = sandbox.mount(&reference, &[]);
-    let prefetched = wait_until(Duration::from_secs(60), || {
-        sandbox.daemon_log().contains("prefetched the spans")
-    });
-    assert!(prefetched, "nothing prefetched: {}", sandbox.daemon_log());
-    // From now on every Range request (a read's, the background download's) stalls.
-    proxy.add_rule(Rule::new("GET", &format!("/blobs/{layer}"), stall).with_range(true));
-    let bytes: u64 = proxy
-        .log()
-        .iter()
-        .filter(|e| e.path.ends_with(&layer) && e.range.is_some())
-        .map(|e| e.body_bytes)
-        .sum();
-    assert!(
-        bytes >= 4 << 20 && bytes < image.layers[0].size / 2,
-        "prefetched {bytes} of {} bytes: not the opened files' spans",
-        image.layers[0].size
-    );
-    // Any request these reads sent would stall for minutes.
-    let (f0, f9) = (mount.join("f0"), mount.join("f9"));
-    let reads = std::thread::spawn(move || (fs::read(f9).unwrap(), fs::read(f0).unwrap()));
-    assert!(
-        wait_until(Duration::from_secs(30), || reads.is_finished()),
-        "reads of prefetched files waited on the network; list {listed}; log {}",
-        sandbox.daemon_log()
-    );
-    let (got9, got0) = reads.join().unwrap();
-    assert!(got9 == files[9] && got0 == files[0], "wrong bytes");
-    // A file the list does not name is read lazily, as ever.
-    proxy.clear_rules();
-    assert_eq!(fs::read(mount.join("f5")).unwrap(), files[5]);
     mount.umount();
 }
 
@@ -478,8 +409,10 @@ fn mount_8_mounts_through_the_helper() {
     assert!(!common::mount::is_mounted(&mnt));
 }
 
+/// Every write fails with EROFS; an ioctl (python's `isatty` of each module it opens)
+/// fails with ENOTTY, as on a local file; neither leaves a warning in the daemon's log.
 #[test]
-fn writes_fail_with_erofs() {
+fn writes_fail_with_erofs_and_ioctls_with_enotty() {
     let reg = TestRegistry::start(Variant::Plain);
     let layer = TarBuilder::new()
         .dir("d", 0o777)
@@ -525,6 +458,19 @@ fn writes_fail_with_erofs() {
             & 0o777,
         0o666
     );
+    let file = fs::File::open(mount.join("d/f")).unwrap();
+    // SAFETY: isatty only reads the descriptor, which `file` keeps open.
+    assert_eq!(
+        unsafe { libc::isatty(std::os::fd::AsRawFd::as_raw_fd(&file)) },
+        0
+    );
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::ENOTTY)
+    );
+    drop(file);
+    let log = sandbox.daemon_log();
+    assert!(!log.contains("Not Implemented"), "{log}");
     mount.umount();
 }
 

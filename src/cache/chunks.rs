@@ -240,6 +240,12 @@ impl<S: RangeSource> ChunkedBlob<S> {
 
     /// Bytes of the blob in the file so far: fetched from the remote, or
     /// kept from an earlier daemon's download.
+    /// The blob as far as this file holds it: reads stop short at the first
+    /// chunk not here, and never go to the remote.
+    pub fn held(&self) -> Held<'_, S> {
+        Held(self)
+    }
+
     pub fn fetched(&self) -> u64 {
         self.fetched.load(Ordering::Relaxed)
     }
@@ -483,6 +489,33 @@ impl<S: RangeSource> BlobReader for Uncached<'_, S> {
         }
         let from = (offset - start) as usize;
         Ok(bytes[from..from + len as usize].to_vec())
+    }
+}
+
+/// See [`ChunkedBlob::held`].
+pub struct Held<'a, S>(&'a ChunkedBlob<S>);
+
+impl<S: RangeSource> BlobReader for Held<'_, S> {
+    fn size(&self) -> u64 {
+        self.0.size
+    }
+
+    fn read_at(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        let blob = self.0;
+        let len = clamp_len(blob.size, offset, len) as u64;
+        let mut end = offset;
+        while end < offset + len {
+            let i = (end / CHUNK_SIZE) as usize;
+            let mut chunk = lock(&blob.chunks[i]);
+            blob.check(i, &mut chunk)?;
+            if *chunk != Chunk::Present {
+                break;
+            }
+            end = blob.chunk_range(i).1.min(offset + len);
+        }
+        let mut buf = vec![0u8; (end - offset) as usize];
+        blob.file.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
     }
 }
 

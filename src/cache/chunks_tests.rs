@@ -157,6 +157,31 @@ fn prefetch_fetches_a_range_with_one_request() {
     );
 }
 
+/// `held` serves what the file holds, up to the first missing chunk, and
+/// never asks the remote.
+#[test]
+fn held_reads_stop_at_the_first_missing_chunk() {
+    let (_dir, cache, d) = cache();
+    let r = remote(4 * CHUNK_SIZE as usize);
+    let blob = open(&r, &cache, &d);
+    blob.prefetch(CHUNK_SIZE, 3 * CHUNK_SIZE).unwrap();
+    let reads = r.reads.load(Ordering::SeqCst);
+    let held = blob.held();
+    let c = CHUNK_SIZE as usize;
+    assert_eq!(held.read_at(0, 10).unwrap(), b"", "chunk 0 is missing");
+    let got = held.read_at(CHUNK_SIZE + 3, 4 * CHUNK_SIZE).unwrap();
+    assert_eq!(got, r.data[c + 3..3 * c], "chunks 1 and 2, then a gap");
+    assert_eq!(
+        held.read_at(2 * CHUNK_SIZE, 5).unwrap(),
+        r.data[2 * c..2 * c + 5]
+    );
+    assert_eq!(
+        r.reads.load(Ordering::SeqCst),
+        reads,
+        "the remote was asked"
+    );
+}
+
 #[test]
 fn fill_streams_only_missing_runs_and_the_file_is_the_blob() {
     let (_dir, cache, d) = cache();

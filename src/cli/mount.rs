@@ -278,12 +278,16 @@ fn start(args: &MountArgs) -> anyhow::Result<Started> {
     let image = IndexedImage::load(&args.registry, &args.cache, &args.reference, DEFAULT_SPAN)?;
     let tree = Arc::new(image.tree()?);
     let indexes = image.layers.into_iter().map(|(index, _)| index).collect();
+    let trace = (!args.no_prefetch)
+        .then(|| Trace::load(&image.cache, &image.image.digest))
+        .flatten();
     let layers = Arc::new(Layers::new(
         &image.client,
         &image.cache,
         &image.image.layers,
         indexes,
         args.memory_cache << 20,
+        trace.as_ref(),
     )?);
     let content = MountContent {
         layers: Arc::clone(&layers),
@@ -317,9 +321,6 @@ fn start(args: &MountArgs) -> anyhow::Result<Started> {
             }
         }
     }));
-    let trace = (!args.no_prefetch)
-        .then(|| Trace::load(&image.cache, &image.image.digest))
-        .flatten();
     let store_trace: Arc<dyn Fn() + Send + Sync> = {
         let (cache, digest, layers) = (
             image.cache.reopen()?,

@@ -8,6 +8,7 @@ mod prefetch;
 
 pub use prefetch::{RECORD_WINDOW, Trace};
 
+use std::collections::HashSet;
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,6 +58,7 @@ pub enum ReadError {
 }
 
 /// Where a layer's bytes come from.
+#[derive(Clone)]
 enum Source {
     /// Verified, complete, in `blobs/`.
     Local(Arc<FileBlob>),
@@ -73,6 +75,9 @@ struct Layer {
     downloaded: AtomicU64,
     /// The layer's regular files, once extracted from the verified blob.
     files: RwLock<Option<PathBuf>>,
+    /// Uncompressed offsets of the seek points the prefetch list added to
+    /// the index.
+    learned: HashSet<u64>,
 }
 
 /// Per-layer status, as `lazypull status` prints it.
@@ -111,16 +116,30 @@ fn lock_err<T>(e: std::sync::PoisonError<T>) -> T {
 
 impl Layers {
     /// The layers of an image whose indexes are known. A layer whose blob
-    /// is in the cache is ready at once (it was verified when stored).
+    /// is in the cache is ready at once (it was verified when stored). The
+    /// seek points of `trace` join the indexes.
     pub fn new(
         client: &RegistryClient,
         cache: &CacheDir,
         descriptors: &[LayerDescriptor],
         indexes: Vec<LayerIndex>,
         memory_bytes: u64,
+        trace: Option<&Trace>,
     ) -> Result<Self, LayerError> {
         let mut layers = Vec::with_capacity(descriptors.len());
-        for (descriptor, index) in descriptors.iter().zip(indexes) {
+        for (i, (descriptor, mut index)) in descriptors.iter().zip(indexes).enumerate() {
+            let learned = trace.map(|t| t.points_of(i)).unwrap_or_default();
+            let learned = match index.seek.with_points(&learned) {
+                Ok(seek) => {
+                    index.seek = seek;
+                    learned.iter().map(|p| p.uncompressed_offset).collect()
+                }
+                Err(e) => {
+                    tracing::warn!(layer = %descriptor.digest, error = %e,
+                        "ignoring the prefetch list's seek points");
+                    HashSet::new()
+                }
+            };
             let d = &descriptor.digest;
             let (state, source) = match local_blob(cache, descriptor) {
                 Some(blob) => (State::Ready, Source::Local(Arc::new(blob))),
@@ -146,6 +165,7 @@ impl Layers {
                 source: RwLock::new(Some(source)),
                 downloaded: AtomicU64::new(0),
                 files: RwLock::new(files),
+                learned,
             });
         }
         Ok(Self {
@@ -190,6 +210,7 @@ impl Layers {
                 }));
             }
         };
+        let started = Instant::now();
         let read = |blob: &dyn BlobReader| self.spans.read(layer, blob, &l.index.seek, offset, len);
         let remote = source.is_err();
         let result = match source {
@@ -210,6 +231,7 @@ impl Layers {
             // until it ends.
             self.last_remote_read
                 .store(self.millis(), Ordering::Relaxed);
+            tracing::debug!(layer, offset, len, elapsed = ?started.elapsed(), "read of a remote layer");
         }
         result.map_err(|source| ReadError::Layer {
             layer: l.descriptor.digest.to_string(),

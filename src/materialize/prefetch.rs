@@ -5,6 +5,12 @@
 //! mount of the image whose layers are not local fetches those spans ahead,
 //! in the same order, several requests at a time: the reads then find their
 //! chunks on disk, or already on the way.
+//!
+//! A listed read usually starts far into its seek span, and what lies
+//! between the span's seek point and the read would be fetched and
+//! inflated for nothing. So the list also keeps, for such reads, a seek
+//! point of their own (found by inflating the span once, from bytes that
+//! are already here), which the next mount adds to the layer's index.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
@@ -18,6 +24,7 @@ use crate::blob::BlobReader;
 use crate::cache::spans::{compressed_range, span_of};
 use crate::cache::{CacheDir, CacheError};
 use crate::digest::Digest;
+use crate::layer::seek::{SeekPoint, point_before};
 
 /// Opens after this long are not part of starting up.
 pub const RECORD_WINDOW: Duration = Duration::from_secs(60);
@@ -28,9 +35,14 @@ const MAX_ACCESSES: usize = 16_384;
 const MAX_BYTES_PER_FILE: u64 = 8 << 20;
 /// Requests in flight at once: enough to keep a link with tens of
 /// milliseconds of round trip busy.
-const WORKERS: usize = 4;
+const WORKERS: usize = 8;
 const MAX_JOB_BYTES: u64 = 32 << 20;
-const FORMAT_VERSION: u32 = 1;
+/// A listed read this far past its seek point gets a point of its own:
+/// closer ones would save less than the point's window costs to keep.
+const MIN_GAIN: u64 = 64 << 10;
+/// Bounds the points kept (each holds a compressed 32 KiB window).
+const MAX_POINTS: usize = 512;
+const FORMAT_VERSION: u32 = 2;
 
 /// One file's range of a layer's uncompressed tar, as it was opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,26 +52,61 @@ pub struct Access {
     pub len: u64,
 }
 
+/// A seek point found in a layer at a listed read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LearnedPoint {
+    pub layer: usize,
+    pub point: SeekPoint,
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Trace {
     version: u32,
     pub accesses: Vec<Access>,
+    pub points: Vec<LearnedPoint>,
+    /// sha256 of the accesses and points: a damaged point would inflate
+    /// wrong bytes, so a list that does not match is not used.
+    checksum: String,
 }
 
 impl Trace {
+    fn new(accesses: Vec<Access>, points: Vec<LearnedPoint>) -> Trace {
+        let checksum = Trace::checksum_of(&accesses, &points);
+        Trace {
+            version: FORMAT_VERSION,
+            accesses,
+            points,
+            checksum,
+        }
+    }
+
+    fn checksum_of(accesses: &[Access], points: &[LearnedPoint]) -> String {
+        let bytes = serde_json::to_vec(&(accesses, points)).unwrap_or_default();
+        Digest::of(&bytes).to_string()
+    }
+
     /// The list recorded for `image` (a manifest digest), if any. A missing
     /// or unreadable list only costs speed, so it is never an error.
     pub fn load(cache: &CacheDir, image: &Digest) -> Option<Trace> {
         let path = cache.trace_path(image);
         let bytes = std::fs::read(&path).ok()?;
-        match serde_json::from_slice::<Trace>(&bytes) {
-            Ok(t) if t.version == FORMAT_VERSION => Some(t),
-            Ok(_) => None,
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "ignoring an unreadable prefetch list");
-                None
-            }
-        }
+        let why = match serde_json::from_slice::<Trace>(&bytes) {
+            Ok(t) if t.version != FORMAT_VERSION => return None,
+            Ok(t) if t.checksum == Trace::checksum_of(&t.accesses, &t.points) => return Some(t),
+            Ok(_) => "its checksum does not match".to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(path = %path.display(), error = %why, "ignoring a damaged prefetch list");
+        None
+    }
+
+    /// The points learned in layer `layer`.
+    pub fn points_of(&self, layer: usize) -> Vec<SeekPoint> {
+        self.points
+            .iter()
+            .filter(|p| p.layer == layer)
+            .map(|p| p.point.clone())
+            .collect()
     }
 
     fn store(&self, cache: &CacheDir, image: &Digest) -> Result<(), CacheError> {
@@ -121,9 +168,16 @@ impl Recorder {
         let mut r = self.recorded.lock().unwrap_or_else(lock_err);
         let next = r.events.len();
         match r.seen.get(&(event, access.layer, key)).copied() {
-            // A later read further into a span makes its entry longer.
-            Some(i) if r.events[i].1.len < access.len => r.events[i].1.len = access.len,
-            Some(_) => return,
+            // Another read of a span widens its entry to cover both.
+            Some(i) => {
+                let entry = &mut r.events[i].1;
+                let start = entry.offset.min(access.offset);
+                let end = (entry.offset + entry.len).max(access.offset + access.len);
+                if (start, end - start) == (entry.offset, entry.len) {
+                    return;
+                }
+                (entry.offset, entry.len) = (start, end - start);
+            }
             None if next < MAX_ACCESSES => {
                 r.seen.insert((event, access.layer, key), next);
                 r.events.push((event, access));
@@ -155,18 +209,14 @@ impl Recorder {
             .filter(|(e, a)| *e == Event::Read || !read_in(a))
             .map(|(_, a)| *a)
             .collect();
-        Trace {
-            version: FORMAT_VERSION,
-            accesses,
-        }
+        Trace::new(accesses, Vec::new())
     }
 
-    /// Stores what was recorded as `image`'s list, unless nothing new was.
-    pub fn store(&self, cache: &CacheDir, image: &Digest) -> Result<(), CacheError> {
-        if !self.dirty.swap(false, Ordering::Relaxed) {
-            return Ok(());
-        }
-        self.trace().store(cache, image)
+    /// The list, if anything was recorded since it was last taken.
+    fn changed(&self) -> Option<Trace> {
+        self.dirty
+            .swap(false, Ordering::Relaxed)
+            .then(|| self.trace())
     }
 }
 
@@ -288,19 +338,73 @@ impl Layers {
             let (start, span_end) = span_of(seek, pos);
             let access = Access {
                 layer,
-                offset: start,
-                len: end.min(span_end) - start,
+                offset: pos,
+                len: end.min(span_end) - pos,
             };
             self.recorder.record(Event::Read, start, access);
             pos = span_end.max(pos + 1);
         }
     }
 
-    /// Stores the opens recorded so far as `image`'s prefetch list.
+    /// Stores the opens and reads recorded so far as `image`'s prefetch
+    /// list, with the seek points of its reads, unless nothing new came.
     pub fn store_trace(&self, cache: &CacheDir, image: &Digest) {
-        if let Err(e) = self.recorder.store(cache, image) {
+        let Some(trace) = self.recorder.changed() else {
+            return;
+        };
+        let points = self.learn(&trace.accesses);
+        if let Err(e) = Trace::new(trace.accesses, points).store(cache, image) {
             tracing::warn!(error = %e, "cannot store the prefetch list");
         }
+    }
+
+    /// A seek point for each listed access that starts far from the point
+    /// before it: the one this mount was given, or one found now.
+    fn learn(&self, accesses: &[Access]) -> Vec<LearnedPoint> {
+        let mut points = Vec::new();
+        let mut seen = HashSet::new();
+        for a in accesses {
+            if points.len() == MAX_POINTS {
+                break;
+            }
+            let Some(l) = self.layers.get(a.layer) else {
+                continue;
+            };
+            let Some(base) = l.index.seek.point_for(a.offset) else {
+                continue;
+            };
+            let point = if a.offset - base.uncompressed_offset < MIN_GAIN {
+                l.learned
+                    .contains(&base.uncompressed_offset)
+                    .then(|| base.clone())
+            } else {
+                self.point_before(a.layer, a.offset)
+            };
+            if let Some(point) = point
+                && seen.insert((a.layer, point.uncompressed_offset))
+            {
+                points.push(LearnedPoint {
+                    layer: a.layer,
+                    point,
+                });
+            }
+        }
+        points
+    }
+
+    /// A seek point just before `offset` of `layer`, from the bytes this
+    /// machine has of it (never from the registry).
+    fn point_before(&self, layer: usize, offset: u64) -> Option<SeekPoint> {
+        let l = &self.layers[layer];
+        let source = l.source.read().unwrap_or_else(lock_err).clone()?;
+        let found = match source {
+            Source::Local(file) => point_before(file.as_ref(), &l.index.seek, offset),
+            Source::Remote(chunks) => point_before(&chunks.held(), &l.index.seek, offset),
+        };
+        found.unwrap_or_else(|e| {
+            tracing::debug!(layer, offset, error = %e, "no seek point for a listed read");
+            None
+        })
     }
 }
 
@@ -318,10 +422,12 @@ mod tests {
         // A file read through the daemon: its reads are listed, its open is not.
         r.record(Event::Open, 0, access(0, 0, 10 << 20));
         r.record(Event::Read, 0, access(0, 0, 1));
-        r.record(Event::Read, 5 << 20, access(0, 5 << 20, 1));
-        // Another read of the same span adds nothing, unless it goes further.
-        r.record(Event::Read, 5 << 20, access(0, 5 << 20, 1));
-        r.record(Event::Read, 5 << 20, access(0, 5 << 20, 9000));
+        r.record(Event::Read, 5 << 20, access(0, (5 << 20) + 700, 1));
+        // Another read of the same span adds nothing, unless it reaches
+        // further or starts before.
+        r.record(Event::Read, 5 << 20, access(0, (5 << 20) + 700, 1));
+        r.record(Event::Read, 5 << 20, access(0, (5 << 20) + 900, 9000));
+        r.record(Event::Read, 5 << 20, access(0, (5 << 20) + 500, 10));
         // A file passed through to a local copy: never read here, listed whole.
         r.record(Event::Open, 20 << 20, access(0, 20 << 20, 300));
         // The same offset in another layer is another file.
@@ -330,7 +436,7 @@ mod tests {
             r.trace().accesses,
             [
                 access(0, 0, 1),
-                access(0, 5 << 20, 9000),
+                access(0, (5 << 20) + 500, 9400),
                 access(0, 20 << 20, 300),
                 access(1, 0, 50),
             ]
@@ -338,20 +444,40 @@ mod tests {
     }
 
     #[test]
-    fn a_list_is_stored_once_per_change_and_loads_back() {
+    fn a_list_is_taken_once_per_change_and_loads_back_unless_damaged() {
         let dir = tempfile::tempdir().unwrap();
         let cache = CacheDir::open(dir.path()).unwrap();
         let image = Digest::of(b"manifest");
         let r = Recorder::new();
-        r.store(&cache, &image).unwrap();
-        assert!(Trace::load(&cache, &image).is_none(), "nothing recorded");
+        assert!(r.changed().is_none(), "nothing recorded");
         r.record(Event::Open, 7, access(0, 7, 3));
-        r.store(&cache, &image).unwrap();
-        assert_eq!(
-            Trace::load(&cache, &image).unwrap().accesses,
-            [access(0, 7, 3)]
+        let point = LearnedPoint {
+            layer: 0,
+            point: SeekPoint {
+                compressed_offset: 10,
+                uncompressed_offset: 20,
+                bits: 3,
+                window: None,
+            },
+        };
+        let trace = r.changed().unwrap();
+        assert!(r.changed().is_none(), "taken already");
+        Trace::new(trace.accesses, vec![point.clone()])
+            .store(&cache, &image)
+            .unwrap();
+        let loaded = Trace::load(&cache, &image).unwrap();
+        assert_eq!(loaded.accesses, [access(0, 7, 3)]);
+        assert_eq!(loaded.points_of(0), [point.point]);
+        assert!(loaded.points_of(1).is_empty());
+        // A changed point (here its bit count) is caught by the checksum.
+        let path = cache.trace_path(&image);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("\"bits\":3", "\"bits\":4")).unwrap();
+        assert!(
+            Trace::load(&cache, &image).is_none(),
+            "a damaged list is used"
         );
-        std::fs::write(cache.trace_path(&image), b"{not json").unwrap();
+        std::fs::write(&path, b"{not json").unwrap();
         assert!(
             Trace::load(&cache, &image).is_none(),
             "a bad list is ignored"

@@ -174,6 +174,7 @@ impl HttpBlob {
     fn read_range(&self, offset: u64, len: usize) -> Result<Vec<u8>, RegistryError> {
         let t = &self.transport;
         let url = blob_url(t, &self.digest)?;
+        let started = std::time::Instant::now();
         let mut out = Vec::with_capacity(len);
         // A registry may answer a Range with fewer bytes than asked: ask again
         // for the rest until the range is complete.
@@ -202,6 +203,7 @@ impl HttpBlob {
                 .map_err(|e| map_blob_404(t, &self.digest, e))?;
             out.extend_from_slice(&chunk);
         }
+        tracing::debug!(blob = %self.digest, offset, len, elapsed = ?started.elapsed(), "ranged read");
         Ok(out)
     }
 }

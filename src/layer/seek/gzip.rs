@@ -166,6 +166,62 @@ enum Mode {
     Member,
 }
 
+/// An inflate resumed at a seek point: the stream, its mode, and the input
+/// chunk with how much of it is used.
+struct Resumed {
+    z: Inflater,
+    mode: Mode,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+/// Starts inflating at seek point `point` (number `index` in its index):
+/// raw with the window and pending bits, or in gzip mode at a member start.
+fn resume(
+    index: usize,
+    point: &SeekPoint,
+    fetcher: &mut Fetcher<'_>,
+) -> Result<Resumed, SeekError> {
+    let bad = |reason: String| SeekError::BadSeekPoint {
+        point: index,
+        reason,
+    };
+    let chunk = fetcher.next()?;
+    let Some(window) = &point.window else {
+        let z = Inflater::new(GZIP_WINDOW_BITS).map_err(SeekError::Codec)?;
+        return Ok(Resumed {
+            z,
+            mode: Mode::Member,
+            chunk,
+            pos: 0,
+        });
+    };
+    let mut z = Inflater::new(RAW_WINDOW_BITS).map_err(SeekError::Codec)?;
+    let mut pos = 0;
+    if point.bits > 0 {
+        // The index checked the offset against the layer size, so a
+        // missing byte means the blob is short.
+        let Some(&byte) = chunk.first() else {
+            return Err(SeekError::Truncated {
+                compression: Compression::Gzip,
+                offset: fetcher.cursor,
+            });
+        };
+        z.prime(point.bits, byte >> (8 - point.bits)).map_err(bad)?;
+        pos = 1;
+    }
+    let dictionary = window.decompress().map_err(bad)?;
+    if !dictionary.is_empty() {
+        z.set_dictionary(&dictionary).map_err(bad)?;
+    }
+    Ok(Resumed {
+        z,
+        mode: Mode::Raw,
+        chunk,
+        pos,
+    })
+}
+
 /// Inflates from seek point `point` (number `index` in its index), drops
 /// `skip` bytes and returns up to `want` bytes: fewer only if the
 /// compressed bytes run out.
@@ -176,38 +232,12 @@ pub(super) fn read_from(
     mut skip: u64,
     want: u64,
 ) -> Result<Vec<u8>, SeekError> {
-    let bad = |reason: String| SeekError::BadSeekPoint {
-        point: index,
-        reason,
-    };
-    let mut chunk = fetcher.next()?;
-    let mut pos = 0;
-    let (mut z, mut mode) = match &point.window {
-        None => (
-            Inflater::new(GZIP_WINDOW_BITS).map_err(SeekError::Codec)?,
-            Mode::Member,
-        ),
-        Some(window) => {
-            let mut z = Inflater::new(RAW_WINDOW_BITS).map_err(SeekError::Codec)?;
-            if point.bits > 0 {
-                // The index checked the offset against the layer size, so a
-                // missing byte means the blob is short.
-                let Some(&byte) = chunk.first() else {
-                    return Err(SeekError::Truncated {
-                        compression: Compression::Gzip,
-                        offset: fetcher.cursor,
-                    });
-                };
-                z.prime(point.bits, byte >> (8 - point.bits)).map_err(bad)?;
-                pos = 1;
-            }
-            let dictionary = window.decompress().map_err(bad)?;
-            if !dictionary.is_empty() {
-                z.set_dictionary(&dictionary).map_err(bad)?;
-            }
-            (z, Mode::Raw)
-        }
-    };
+    let Resumed {
+        mut z,
+        mut mode,
+        mut chunk,
+        mut pos,
+    } = resume(index, point, fetcher)?;
     let want = usize::try_from(want).unwrap_or(usize::MAX);
     // Capped: `want` comes from the caller and the index, not from memory.
     let mut out = Vec::with_capacity(want.min(16 << 20));
@@ -260,4 +290,69 @@ pub(super) fn read_from(
         }
     }
     Ok(out)
+}
+
+/// The last place at or before uncompressed offset `target` where a raw
+/// inflate can resume (a deflate block boundary), found by inflating from
+/// seek point `point` (number `index`) within its gzip member; `None` when
+/// there is none past the point, or the compressed bytes run out first.
+pub(super) fn point_before(
+    index: usize,
+    point: &SeekPoint,
+    fetcher: &mut Fetcher<'_>,
+    target: u64,
+) -> Result<Option<SeekPoint>, SeekError> {
+    let Resumed {
+        mut z,
+        mode: _,
+        mut chunk,
+        mut pos,
+    } = match resume(index, point, fetcher) {
+        Err(SeekError::Truncated { .. }) => return Ok(None),
+        resumed => resumed?,
+    };
+    let mut produced = point.uncompressed_offset;
+    let mut found: Option<(u64, u64, u8, Vec<u8>)> = None;
+    let mut scratch = vec![0u8; SCRATCH];
+    while produced <= target {
+        if pos == chunk.len() {
+            chunk = fetcher.next()?;
+            pos = 0;
+            if chunk.is_empty() {
+                break;
+            }
+        }
+        let at = fetcher.cursor - (chunk.len() - pos) as u64;
+        let step = z
+            .inflate(&chunk[pos..], &mut scratch, Flush::Block)
+            .map_err(|detail| corrupt(at, detail))?;
+        pos += step.consumed;
+        produced += step.produced as u64;
+        match step.status {
+            // The member ends: what lies beyond starts with a header.
+            Status::StreamEnd => break,
+            Status::Ok if step.consumed == 0 && step.produced == 0 => {
+                return Err(corrupt(at, "inflate made no progress".into()));
+            }
+            Status::Ok => {}
+        }
+        if let Some(bits) = step.resumable_boundary()
+            && produced <= target
+            && produced > point.uncompressed_offset
+        {
+            let consumed = fetcher.cursor - (chunk.len() - pos) as u64;
+            let window = z.dictionary().map_err(SeekError::Codec)?;
+            found = Some((consumed, produced, bits, window));
+        }
+    }
+    found
+        .map(|(compressed_offset, uncompressed_offset, bits, window)| {
+            Ok(SeekPoint {
+                compressed_offset,
+                uncompressed_offset,
+                bits,
+                window: Some(Window::compress(&window)?),
+            })
+        })
+        .transpose()
 }

@@ -201,6 +201,22 @@ impl SeekIndex {
         (start, guess.clamp(start, end))
     }
 
+    /// This index with `extra` points added (points found by [`point_before`]
+    /// on this layer), checked as [`SeekIndex::validate`] checks an index.
+    pub fn with_points(&self, extra: &[SeekPoint]) -> Result<SeekIndex, SeekError> {
+        let mut merged = self.clone();
+        merged.points.extend_from_slice(extra);
+        merged.points.sort_by_key(|p| p.uncompressed_offset);
+        merged.points.dedup_by_key(|p| p.uncompressed_offset);
+        merged.validate()?;
+        Ok(merged)
+    }
+
+    /// The point a read at `offset` starts from.
+    pub fn point_for(&self, offset: u64) -> Option<&SeekPoint> {
+        self.point_at_or_before(offset).map(|i| &self.points[i])
+    }
+
     /// Checks the structure of every point (order, ranges, bits). Windows are
     /// checked when a read uses them. An index loaded from outside should
     /// pass this before it is used; [`read_at`] checks the points it uses.
@@ -370,6 +386,37 @@ fn read_compressed(
         });
     }
     Ok(out)
+}
+
+/// A seek point at the last deflate block boundary at or before `offset`,
+/// past the index's point before it, found by inflating from that point:
+/// a point of one's own for a place that is read often, so its reads need
+/// not fetch and inflate the span before it. `None` for layers that are not
+/// gzip, or when there is no such boundary or the blob's bytes run out
+/// first (a reader may serve only what it holds).
+pub fn point_before(
+    blob: &dyn BlobReader,
+    index: &SeekIndex,
+    offset: u64,
+) -> Result<Option<SeekPoint>, SeekError> {
+    if index.compression != Compression::Gzip || offset >= index.uncompressed_size {
+        return Ok(None);
+    }
+    let Some(i) = index.point_at_or_before(offset) else {
+        return Ok(None);
+    };
+    index.check_point(i)?;
+    let point = &index.points[i];
+    let mut fetcher = Fetcher {
+        blob,
+        cursor: point.fetch_start(),
+        end: index.end_hint(offset + 1).min(blob.size()),
+        next_len: index
+            .end_estimate(offset + 1)
+            .saturating_sub(point.fetch_start())
+            + FETCH_SLACK,
+    };
+    gzip::point_before(i, point, &mut fetcher, offset)
 }
 
 /// Bounds of one blob fetch: big enough to spare round trips, small enough

@@ -605,8 +605,75 @@ fn reads_fixture() -> &'static [Layer] {
     })
 }
 
+/// A point found before a read's offset lies between the index's point and
+/// the offset; an index with it reads the same bytes, and a read at the
+/// offset then fetches from the new point on, not from the index's.
+#[test]
+fn a_point_before_an_offset_starts_reads_there() {
+    let data = compressible(3 << 20, 31);
+    let blob = gzip_member(&data, 6);
+    let (_, index) = decode(&blob, Compression::Gzip, 1 << 20).unwrap();
+    for offset in [700_000u64, 1_500_000, 2_900_000] {
+        let base = index.point_for(offset).unwrap().clone();
+        let p = point_before(&blob, &index, offset).unwrap().unwrap();
+        assert!(
+            p.uncompressed_offset <= offset && p.uncompressed_offset > base.uncompressed_offset,
+            "point at {} for offset {offset}, index point at {}",
+            p.uncompressed_offset,
+            base.uncompressed_offset
+        );
+        assert!(
+            offset - p.uncompressed_offset < 256 * KIB,
+            "a deflate block is shorter"
+        );
+        let merged = index.with_points(std::slice::from_ref(&p)).unwrap();
+        check_reads(&blob, &merged, &data, offset);
+        let rec = Recording {
+            bytes: blob.clone(),
+            fetched: Mutex::new(Vec::new()),
+        };
+        let got = read_at(&rec, &merged, offset, 1000).unwrap();
+        assert!(got == data[offset as usize..offset as usize + 1000]);
+        let first = rec.fetched.lock().unwrap()[0].0;
+        assert_eq!(first, p.fetch_start());
+    }
+    // A reader that holds only part of the blob (a chunk cache) yields no
+    // point where its bytes end, rather than an error or a wrong point.
+    struct Holding<'a>(&'a Vec<u8>, u64);
+    impl BlobReader for Holding<'_> {
+        fn size(&self) -> u64 {
+            self.0.size()
+        }
+        fn read_at(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+            let len = len.min(self.1.saturating_sub(offset));
+            self.0.read_at(offset, len)
+        }
+    }
+    let held = index.points[2].compressed_offset + 1000;
+    for (holds, offset) in [(held, 2_900_000), (blob.len() as u64 / 3, 2_900_000)] {
+        let far = point_before(&Holding(&blob, holds), &index, offset);
+        assert!(matches!(far, Ok(None)), "{far:?}");
+    }
+    // Layers that are not gzip have no such points.
+    let (_, plain) = decode(&data, Compression::None, 0).unwrap();
+    assert!(point_before(&data, &plain, 5000).unwrap().is_none());
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn points_before_offsets_read_right(which in 0usize..2, offset in 0u64..500_000, len in 0u64..50_000) {
+        let Layer { blob, plain, index } = &reads_fixture()[which];
+        let Some(p) = point_before(blob, index, offset).unwrap() else {
+            return Ok(());
+        };
+        prop_assert!(p.uncompressed_offset <= offset);
+        let merged = index.with_points(&[p]).unwrap();
+        let got = read_at(blob, &merged, offset, len).unwrap();
+        let end = ((offset + len) as usize).min(plain.len());
+        prop_assert!(got == plain[offset as usize..end]);
+    }
 
     #[test]
     fn random_reads_match_full_decompression(which in 0usize..4, offset in 0u64..520_000, len in 0u64..120_000) {
