@@ -243,12 +243,8 @@ pub(super) fn read_from(
     let mut out = Vec::with_capacity(want.min(16 << 20));
     let mut scratch = vec![0u8; SCRATCH];
     while out.len() < want {
-        if pos == chunk.len() {
-            chunk = fetcher.next()?;
-            pos = 0;
-            if chunk.is_empty() {
-                break;
-            }
+        if !fetcher.refill(&mut chunk, &mut pos)? {
+            break;
         }
         if let Mode::Trailer(left) = mode {
             let n = left.min(chunk.len() - pos);
@@ -261,7 +257,7 @@ pub(super) fn read_from(
             };
             continue;
         }
-        let at = fetcher.cursor - (chunk.len() - pos) as u64;
+        let at = fetcher.offset_of(&chunk, pos);
         let step = z
             .inflate(&chunk[pos..], &mut scratch, Flush::None)
             .map_err(|detail| corrupt(at, detail))?;
@@ -315,14 +311,10 @@ pub(super) fn point_before(
     let mut found: Option<(u64, u64, u8, Vec<u8>)> = None;
     let mut scratch = vec![0u8; SCRATCH];
     while produced <= target {
-        if pos == chunk.len() {
-            chunk = fetcher.next()?;
-            pos = 0;
-            if chunk.is_empty() {
-                break;
-            }
+        if !fetcher.refill(&mut chunk, &mut pos)? {
+            break;
         }
-        let at = fetcher.cursor - (chunk.len() - pos) as u64;
+        let at = fetcher.offset_of(&chunk, pos);
         let step = z
             .inflate(&chunk[pos..], &mut scratch, Flush::Block)
             .map_err(|detail| corrupt(at, detail))?;
@@ -340,7 +332,7 @@ pub(super) fn point_before(
             && produced <= target
             && produced > point.uncompressed_offset
         {
-            let consumed = fetcher.cursor - (chunk.len() - pos) as u64;
+            let consumed = fetcher.offset_of(&chunk, pos);
             let window = z.dictionary().map_err(SeekError::Codec)?;
             found = Some((consumed, produced, bits, window));
         }

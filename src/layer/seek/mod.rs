@@ -437,6 +437,21 @@ struct Fetcher<'a> {
 }
 
 impl Fetcher<'_> {
+    /// Makes sure `chunk[pos..]` holds input, fetching the next chunk once
+    /// it is used up; false at the end of the blob.
+    fn refill(&mut self, chunk: &mut Vec<u8>, pos: &mut usize) -> Result<bool, SeekError> {
+        if *pos == chunk.len() {
+            *chunk = self.next()?;
+            *pos = 0;
+        }
+        Ok(*pos < chunk.len())
+    }
+
+    /// The blob offset of `chunk[pos]`, `chunk` being the last one fetched.
+    fn offset_of(&self, chunk: &[u8], pos: usize) -> u64 {
+        self.cursor - (chunk.len() - pos) as u64
+    }
+
     /// The next chunk, empty at the end of the blob.
     fn next(&mut self) -> Result<Vec<u8>, SeekError> {
         if self.cursor >= self.end {

@@ -144,14 +144,10 @@ pub(super) fn read_from(
     let mut chunk = Vec::new();
     let mut pos = 0;
     while out.len() < want {
-        if pos == chunk.len() {
-            chunk = fetcher.next()?;
-            pos = 0;
-            if chunk.is_empty() {
-                break;
-            }
+        if !fetcher.refill(&mut chunk, &mut pos)? {
+            break;
         }
-        let at = fetcher.cursor - (chunk.len() - pos) as u64;
+        let at = fetcher.offset_of(&chunk, pos);
         let mut input = InBuffer::around(&chunk[pos..]);
         let mut output = OutBuffer::around(&mut scratch[..]);
         dctx.decompress_stream(&mut output, &mut input)
