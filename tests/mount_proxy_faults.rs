@@ -55,8 +55,7 @@ fn fails_with_eio(c: &Cold, mount: &Mount, fault: Fault, says: &str) {
     let status = mount.status();
     assert_eq!(status["pid"], mount.pid());
     assert_eq!(mount.states(), ["fetching"], "{status:#}");
-    c.proxy.clear_rules();
-    c.hold_background();
+    c.clear_faults();
 }
 
 /// The next `times` attempts meet `fault`: the read returns the right bytes after that many

@@ -145,8 +145,7 @@ fn flipped_byte_in_every_range_answer_is_eio_never_wrong_bytes() {
     );
 
     // The fault clears (the background download still held back): the lazy read works.
-    c.proxy.clear_rules();
-    c.hold_background();
+    c.clear_faults();
     assert!(
         read(&mount, "cold").is_ok_and(|b| b == c.cold),
         "right bytes"

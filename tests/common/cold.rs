@@ -7,7 +7,7 @@ use std::fs;
 use std::time::Duration;
 
 use super::image::{self, Compression, ImageSpec, PushedImage, PushedLayer};
-use super::mount::{FOREVER, Mount, Sandbox, hold_background, random, within};
+use super::mount::{FOREVER, Mount, Sandbox, background_rules, random, within};
 use super::proxy::{Fault, FaultProxy, LogEntry, Rule};
 use super::registry::{TestRegistry, Variant};
 use super::tarball::TarBuilder;
@@ -66,23 +66,30 @@ impl Cold {
             sandbox,
             proxy,
         };
-        cold.hold_background();
+        cold.clear_faults();
         cold
     }
 
-    /// Holds the background download back: its whole-blob and rest-of-blob requests, and,
-    /// once a read got chunks of `cold`, the run before them, from byte 0, which no read
-    /// of `cold` asks for when `head` comes first.
-    pub fn hold_background(&self) {
-        hold_background(&self.proxy, &self.image, Fault::Stall(FOREVER));
-        if self.head.is_empty() {
-            return;
+    /// Ends the faults of a test (if any) and holds the background download back, which
+    /// was held throughout: were the rules cleared first, its requests could slip through
+    /// in between.
+    pub fn clear_faults(&self) {
+        self.proxy.replace_rules(self.background_rules());
+    }
+
+    /// Rules that hold the background download back: its whole-blob and rest-of-blob
+    /// requests, and, once a read got chunks of `cold`, the run before them, from byte 0,
+    /// which no read of `cold` asks for when `head` comes first.
+    fn background_rules(&self) -> Vec<Rule> {
+        let mut rules = background_rules(&self.image, Fault::Stall(FOREVER));
+        if !self.head.is_empty() {
+            rules.push(
+                Rule::new("GET", &self.blob_path(), Fault::Stall(FOREVER))
+                    .with_range(true)
+                    .range_starting_at(0),
+            );
         }
-        self.proxy.add_rule(
-            Rule::new("GET", &self.blob_path(), Fault::Stall(FOREVER))
-                .with_range(true)
-                .range_starting_at(0),
-        );
+        rules
     }
 
     pub fn plain() -> Cold {

@@ -438,8 +438,19 @@ pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
 /// or with `Range: bytes=N-`) of every layer of `image`, which only the background
 /// materializer sends; reads (Range GETs of `bytes=A-B`) and the config pass untouched.
 pub fn hold_background(proxy: &FaultProxy, image: &PushedImage, fault: Fault) {
-    for layer in &image.layers {
-        let path = format!("/blobs/{}", layer.digest);
-        proxy.add_rule(Rule::new("GET", &path, fault.clone()).rest_of_blob());
+    for rule in background_rules(image, fault) {
+        proxy.add_rule(rule);
     }
+}
+
+/// The rules [`hold_background`] adds.
+pub fn background_rules(image: &PushedImage, fault: Fault) -> Vec<Rule> {
+    image
+        .layers
+        .iter()
+        .map(|layer| {
+            let path = format!("/blobs/{}", layer.digest);
+            Rule::new("GET", &path, fault.clone()).rest_of_blob()
+        })
+        .collect()
 }

@@ -311,6 +311,11 @@ impl FaultProxy {
         lock(&self.shared.rules).clear();
     }
 
+    /// Replaces every rule with `rules` at once: no request sees a moment without them.
+    pub fn replace_rules(&self, rules: Vec<Rule>) {
+        *lock(&self.shared.rules) = rules.into_iter().map(|r| (r, 0)).collect();
+    }
+
     /// Requests the registry side has answered, oldest first. Waits (up to 5 s) for requests
     /// still being answered, so an answer the client has just read is in the log; an answer
     /// still dripping or stalled after that shows the bytes sent so far.
