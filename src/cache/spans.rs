@@ -5,9 +5,11 @@
 //! read then fetches the compressed bytes from the span's seek point to its
 //! data, not to the next seek point. Later reads further in extend it.
 
+use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
@@ -40,6 +42,30 @@ pub struct SpanCache {
     /// (layer, span start) → the span's first bytes, inflated.
     cache: Cache<(usize, u64), Arc<Vec<u8>>, ByLen>,
     inflating: Vec<Mutex<()>>,
+    /// The last failed inflate of a span, and when it ended: readers that
+    /// waited on it get its error rather than each trying again (with all
+    /// the retries) one after the other.
+    failed: Mutex<HashMap<(usize, u64), Failure>>,
+}
+
+/// When an inflate failed, and how.
+type Failure = (Instant, Arc<io::Error>);
+
+/// A failure shared by the readers that waited on it; its source is the
+/// original error, so what it was (a full disk, say) can still be told.
+#[derive(Debug)]
+struct Shared(Arc<io::Error>);
+
+impl std::fmt::Display for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Shared {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.0.as_ref())
+    }
 }
 
 impl SpanCache {
@@ -52,6 +78,7 @@ impl SpanCache {
         Self {
             cache: Cache::with_weighter((32 * shards) as usize, memory_bytes.max(1), ByLen),
             inflating: (0..LOCKS).map(|_| Mutex::new(())).collect(),
+            failed: Mutex::default(),
         }
     }
 
@@ -103,6 +130,7 @@ impl SpanCache {
         }
         let mut h = DefaultHasher::new();
         key.hash(&mut h);
+        let arrived = Instant::now();
         let _inflating = self.inflating[h.finish() as usize % LOCKS]
             .lock()
             .unwrap_or_else(|e| e.into_inner());
@@ -111,17 +139,44 @@ impl SpanCache {
             Some(span) => span.len() as u64,
             None => 0,
         };
+        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((ended, e)) = failed.get(&key)
+            && *ended >= arrived
+        {
+            return Err(io::Error::new(e.kind(), Shared(Arc::clone(e))));
+        }
+        failed.remove(&key);
+        drop(failed);
         let target = end.min((need + READ_AHEAD).max(start + 2 * have));
         let (from, to) = seek.compressed_prefix_for(start, target - start);
-        blob.prefetch(from, to)?;
-        let span = Arc::new(read_at(blob, seek, start, target - start).map_err(io::Error::other)?);
-        self.cache.insert(key, Arc::clone(&span));
-        Ok(span)
+        let inflated = blob
+            .prefetch(from, to)
+            .and_then(|()| read_at(blob, seek, start, target - start).map_err(io::Error::other));
+        match inflated {
+            Ok(span) => {
+                let span = Arc::new(span);
+                self.cache.insert(key, Arc::clone(&span));
+                Ok(span)
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                let shared = io::Error::new(e.kind(), Shared(Arc::clone(&e)));
+                self.failed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key, (Instant::now(), e));
+                Err(shared)
+            }
+        }
     }
 
     /// Drops every span of `layer` (its source changed).
     pub fn forget_layer(&self, layer: usize) {
         self.cache.retain(|(l, _), _| *l != layer);
+        self.failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(l, _), _| *l != layer);
     }
 }
 
@@ -200,6 +255,55 @@ mod tests {
             assert!(got == blob.data[10..], "wrong bytes");
         }
         assert_eq!(blob.reads.load(Ordering::SeqCst), 2, "one read per span");
+    }
+
+    /// Readers that wait on a span whose inflate fails get that failure
+    /// instead of each trying again in turn; a reader that comes later tries
+    /// again.
+    #[test]
+    fn readers_waiting_on_a_failed_inflate_share_its_error() {
+        struct Failing(AtomicUsize);
+        impl BlobReader for Failing {
+            fn size(&self) -> u64 {
+                4 << 20
+            }
+            fn read_at(&self, _offset: u64, _len: u64) -> io::Result<Vec<u8>> {
+                self.0.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                Err(io::Error::from_raw_os_error(libc::ENOSPC))
+            }
+        }
+        let blob = Failing(AtomicUsize::new(0));
+        let seek = SeekIndex {
+            compression: Compression::None,
+            span: PLAIN_SPAN,
+            compressed_size: blob.size(),
+            uncompressed_size: blob.size(),
+            points: Vec::new(),
+        };
+        let cache = SpanCache::new(32 << 20);
+        let start = std::sync::Barrier::new(8);
+        std::thread::scope(|s| {
+            let (cache, blob, seek, start) = (&cache, &blob, &seek, &start);
+            let readers: Vec<_> = (0..8u64)
+                .map(|i| {
+                    s.spawn(move || {
+                        start.wait();
+                        cache.read(0, blob, seek, 1000 * i, 100)
+                    })
+                })
+                .collect();
+            for r in readers {
+                let e = r.join().unwrap().expect_err("a failed inflate");
+                assert!(
+                    crate::cache::space::is_disk_full(&e),
+                    "{e}: what it was is lost"
+                );
+            }
+        });
+        assert_eq!(blob.0.load(Ordering::SeqCst), 1, "the waiters tried again");
+        assert!(cache.read(0, &blob, &seek, 0, 100).is_err());
+        assert_eq!(blob.0.load(Ordering::SeqCst), 2, "a later read did not try");
     }
 
     /// A read at a span's start inflates (and fetches) only its head; reads
