@@ -192,17 +192,13 @@ impl Filesystem for LazyFs {
         reply.opened(FileHandle(0), flags)
     }
 
-    /// Directories never change: the kernel may keep their listings in its
-    /// page cache across opens, so a second `find` sends no readdir.
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.node(ino).map(Node::children) {
-            Ok(Some(_)) => reply.opened(
-                FileHandle(0),
-                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-            ),
-            Ok(None) => reply.error(Errno::ENOTDIR),
-            Err(e) => reply.error(e),
-        }
+    /// Directories never change, and a directory needs no state per open:
+    /// ENOSYS makes the kernel stop sending opendir and releasedir (two
+    /// round trips per directory a `find` enters) and open every directory
+    /// with FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR, so that it keeps listings in
+    /// its page cache across opens and a second `find` sends no readdir.
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(
