@@ -10,7 +10,7 @@ use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 use common::image::{self, Compression, ImageSpec, PushedImage, PushedLayer};
-use common::mount::{Mount, Sandbox, WAIT, hold_background, is_mounted, states};
+use common::mount::{Mount, Sandbox, WAIT, hold_background, is_mounted, states, wait_until};
 use common::proxy::{Fault, FaultProxy, Rule};
 use common::registry::{TestRegistry, Variant};
 use common::tarball::TarBuilder;
@@ -174,10 +174,23 @@ fn a_layer_killed_mid_download_resumes_and_a_ready_one_stays_ready() {
         "a half-fetched layer sits in blobs/"
     );
     assert_final_files_whole(&s.sandbox, &s.image);
+    // What a daemon killed during a first mount's download leaves: part of a blob under a
+    // temporary name, unchanged since. The next mount removes it.
+    let leftover = s.sandbox.cache().join("tmp/.tmpLeftByAKilledDaemon");
+    fs::write(&leftover, vec![0u8; 1 << 20]).unwrap();
+    let minutes_ago = std::time::SystemTime::now() - Duration::from_secs(300);
+    fs::File::open(&leftover)
+        .unwrap()
+        .set_modified(minutes_ago)
+        .unwrap();
 
     proxy.clear_rules();
     proxy.clear_log();
     let again = s.sandbox.mount_at(&mountpoint, &reference, &[]);
+    assert!(
+        wait_until(Duration::from_secs(30), || !leftover.exists()),
+        "the next mount left the killed daemon's temporary file in place"
+    );
     again.wait_all_ready();
     assert_eq!(fs::read(again.join("small")).unwrap(), s.small);
     assert!(fs::read(again.join("big")).unwrap() == s.big, "big differs");

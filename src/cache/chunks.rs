@@ -21,14 +21,13 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use super::journal::Journal;
-use super::{CacheDir, private_prefix};
+use super::{CacheDir, private_prefix, try_flock};
 use crate::blob::{BlobReader, CHUNK_SIZE, ChunkSum, RangeSource, chunk_sum, clamp_len};
 use crate::digest::Digest;
 
@@ -90,19 +89,6 @@ fn try_lock(m: &Mutex<Chunk>) -> Option<MutexGuard<'_, Chunk>> {
         Ok(guard) => Some(guard),
         Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
         Err(TryLockError::WouldBlock) => None,
-    }
-}
-
-/// Takes the exclusive flock on `file` unless another open file holds it.
-fn try_flock(file: &File) -> io::Result<bool> {
-    // SAFETY: flock only reads the descriptor, which `file` keeps open.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-        return Ok(true);
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::EWOULDBLOCK) => Ok(false),
-        _ => Err(e),
     }
 }
 

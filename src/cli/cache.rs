@@ -6,6 +6,7 @@ use clap::{Args, Subcommand};
 
 use super::inspect::human_size;
 use super::layers::CacheArgs;
+use crate::cache::dir_size;
 
 #[derive(Args)]
 #[command(about = "Show or prune what the cache holds (layer indexes and verified layer blobs)")]
@@ -72,20 +73,6 @@ fn files(dir: &Path) -> anyhow::Result<Vec<(String, u64)>> {
     }
     out.sort();
     Ok(out)
-}
-
-/// Bytes of the files below `path`.
-fn dir_size(path: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(path) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => dir_size(&e.path()),
-            _ => e.metadata().map_or(0, |m| m.len()),
-        })
-        .sum()
 }
 
 fn ls(args: &CacheArgs) -> anyhow::Result<()> {

@@ -275,6 +275,10 @@ type Started = (fuser::Session<LazyFs>, Arc<dyn Fn() + Send + Sync>);
 
 fn start(args: &MountArgs) -> anyhow::Result<Started> {
     limit_heap_growth();
+    // What a killed daemon left half written (a partial blob can be large)
+    // goes, beside the mount's own work.
+    let cache = args.cache.open()?;
+    std::thread::spawn(move || cache.remove_stale_temps());
     let image = IndexedImage::load(&args.registry, &args.cache, &args.reference, DEFAULT_SPAN)?;
     let tree = Arc::new(image.tree()?);
     let indexes = image.layers.into_iter().map(|(index, _)| index).collect();

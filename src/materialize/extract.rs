@@ -33,7 +33,8 @@ pub fn extract(cache: &CacheDir, index: &LayerIndex, blob: &Path) -> Result<Path
         layer: layer.clone(),
         source,
     };
-    let tmp = cache.temp_dir()?;
+    // The lock keeps a cleaner away until the directory is in place.
+    let (tmp, _lock) = cache.temp_dir()?;
     let mut files: Vec<(u64, u64)> = index
         .entries
         .iter()
