@@ -235,6 +235,17 @@ mod tests {
         }
     }
 
+    /// The index of an uncompressed layer of `size` bytes.
+    fn uncompressed(size: u64) -> SeekIndex {
+        SeekIndex {
+            compression: Compression::None,
+            span: PLAIN_SPAN,
+            compressed_size: size,
+            uncompressed_size: size,
+            points: Vec::new(),
+        }
+    }
+
     #[test]
     fn a_small_cache_keeps_full_size_spans() {
         let blob = Counting {
@@ -242,13 +253,7 @@ mod tests {
             reads: AtomicUsize::new(0),
             furthest: Default::default(),
         };
-        let seek = SeekIndex {
-            compression: Compression::None,
-            span: PLAIN_SPAN,
-            compressed_size: blob.size(),
-            uncompressed_size: blob.size(),
-            points: Vec::new(),
-        };
+        let seek = uncompressed(blob.size());
         let cache = SpanCache::new(32 << 20);
         for _ in 0..3 {
             let got = cache.read(0, &blob, &seek, 10, 2 * PLAIN_SPAN).unwrap();
@@ -274,13 +279,7 @@ mod tests {
             }
         }
         let blob = Failing(AtomicUsize::new(0));
-        let seek = SeekIndex {
-            compression: Compression::None,
-            span: PLAIN_SPAN,
-            compressed_size: blob.size(),
-            uncompressed_size: blob.size(),
-            points: Vec::new(),
-        };
+        let seek = uncompressed(blob.size());
         let cache = SpanCache::new(32 << 20);
         let start = std::sync::Barrier::new(8);
         std::thread::scope(|s| {
