@@ -129,12 +129,16 @@ impl Layers {
         let mut layers = Vec::with_capacity(descriptors.len());
         for (i, (descriptor, mut index)) in descriptors.iter().zip(indexes).enumerate() {
             let learned = trace.map(|t| t.points_of(i)).unwrap_or_default();
-            let learned = match index.seek.with_points(&learned) {
-                Ok(seek) => {
+            // Merging copies the index (windows and all): only when there
+            // is something to merge.
+            let merged = (!learned.is_empty()).then(|| index.seek.with_points(&learned));
+            let learned = match merged {
+                None => HashSet::new(),
+                Some(Ok(seek)) => {
                     index.seek = seek;
                     learned.iter().map(|p| p.uncompressed_offset).collect()
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     tracing::warn!(layer = %descriptor.digest, error = %e,
                         "ignoring the prefetch list's seek points");
                     HashSet::new()
