@@ -12,6 +12,10 @@
 #   C1 as C0, with an index of 4 MiB seek spans          (the default is 1 MiB)
 #   D  sequential read of a 1 GiB file and `find -ls` of the Debian tree on a
 #      mount whose layers are ready, against the same on local disk
+#   E  CPU time of completing the Debian image's layers in the background (index
+#      cached, no blobs, nothing read): the daemon's CPU from mount to every layer
+#      ready and its files extracted; BASELINE=PATH (another lazypull binary)
+#      runs the same in alternation, for a before/after in one run
 #
 # Runs on a fresh Debian 12 machine as root; installs what it needs. Built
 # images are kept in $LAZYPULL_BENCH_DIR (default /var/tmp/lazypull-bench), so
@@ -392,6 +396,27 @@ big_rss=$(daemon_hwm_kib "$work/mnt-big")
 big_blob=$(jq '.layers[0].size' <("$lazypull" status --json "$work/mnt-big"))
 "$lazypull" umount "$work/mnt-big"
 
+# --- E: CPU of completing layers in the background ---------------------------
+
+log "E: CPU of completing the Debian image's layers (index cached, nothing read)"
+E=() Ebase=()
+complete_cpu_ms() {
+    local bin=$1 cache=$2 pid t0
+    rm -rf "$cache"
+    mkdir "$cache"
+    cp -a "$work/cache-b1/index" "$cache/"
+    "$bin" mount --no-prefetch --cache-dir "$cache" "$debian" "$work/mnt" >/dev/null
+    pid=$("$bin" status --json "$work/mnt" | jq .pid)
+    t0=$(cpu_ticks "$pid")
+    wait_ready "$work/mnt" "$cache"
+    echo $((($(cpu_ticks "$pid") - t0) * 1000 / $(getconf CLK_TCK)))
+    "$bin" umount "$work/mnt"
+}
+for i in $(seq "$RUNS"); do
+    E+=("$(complete_cpu_ms "$lazypull" "$work/cache-e")")
+    [ -n "${BASELINE:-}" ] && Ebase+=("$(complete_cpu_ms "$BASELINE" "$work/cache-e")")
+done
+
 # --- report -----------------------------------------------------------------------
 
 mA=$(median "${A[@]}") mT=$(median "${T[@]}") mB=$(median "${B[@]}") mC=$(median "${C[@]}")
@@ -425,6 +450,7 @@ report=$STORE/results-$(date -u +%Y%m%dT%H%M%SZ).md
     echo "| find -ls Debian tree, again (warm) | $(median "${Wfuse[@]}") ms | $(median "${Wlocal[@]}") ms | $(ratio "$(median "${Wlocal[@]}")" "$(median "${Wfuse[@]}")") | |"
     echo
     echo "1 GiB image, empty cache: mount returned after $big_mount ms; layer ready and its file extracted after $big_ready ms. Daemon CPU time during the $((2 * D_RUNS + 1)) dd runs of the mount: $big_cpu_ms ms."
+    echo "E. Daemon CPU to complete the Debian image's layers in the background (index cached, nothing read; median of $RUNS): $(median "${E[@]}") ms${BASELINE:+; baseline $BASELINE: $(median "${Ebase[@]}") ms}"
     echo "Daemon peak RSS (VmHWM): B $(kib_mib "$(median "${Brss[@]}")") MiB, C $(kib_mib "$(median "${Crss[@]}")") MiB, find mount $(kib_mib "$find_rss") MiB, 1 GiB mount after the reads $(kib_mib "$big_rss") MiB"
     echo
     echo "Raw (ms): A ${A[*]} | A copy ${Acopy[*]} | A unpack ${Aunpack[*]} | A2 ${T[*]} | A2 tar ${Tunpack[*]} | B ${B[*]} | B mount ${Bmount[*]} | C ${C[*]} | C mount ${Cmount[*]}"
@@ -432,5 +458,6 @@ report=$STORE/results-$(date -u +%Y%m%dT%H%M%SZ).md
     echo "Raw (bytes): C proxy ${Cproxy[*]} | C Range ${Cranged[*]} | C status ${Cbytes[*]} | C0 Range ${C0ranged[*]} | C1 Range ${C1ranged[*]}"
     echo "Raw: dd MB/s lazypull ${Dfuse[*]} | local ${Dlocal[*]} | backing file ${Dback[*]}; warm lazypull ${Wdfuse[*]} | local ${Wdlocal[*]}; find ms cold lazypull ${Ffuse[*]} | local ${Flocal[*]}; warm lazypull ${Wfuse[*]} | local ${Wlocal[*]}"
     echo "Raw: RSS KiB B ${Brss[*]} | C ${Crss[*]}"
+    echo "Raw (ms): E ${E[*]}${BASELINE:+ | E baseline ${Ebase[*]}}"
 } | tee "$report"
 log "results in $report"
