@@ -465,6 +465,27 @@ fn tls_registry_with_ca_in_home_without_it_and_insecure() {
 }
 
 #[test]
+fn self_signed_certificate_that_is_its_own_ca_is_explained() {
+    // What a user gets from `openssl req -x509` and puts in certs.d as the certs.d advice says.
+    let reg = TestRegistry::start(Variant::TlsSelfSigned);
+    let pushed = image::push_image(&reg, REPO, "v1", &image("tls", &[Compression::Gzip]));
+    let name = reference(&reg.host(), "v1");
+    let cli = Cli::new();
+    reg.install_ca_in_home(&cli.home());
+    let err = cli.inspect_error(&["--retries", "0", &name]);
+    for needle in [
+        reg.host().as_str(),
+        "is a CA certificate",
+        "openssl req -x509",
+        "server certificate signed by it",
+        "--insecure",
+    ] {
+        assert!(err.contains(needle), "no {needle:?} in: {err}");
+    }
+    assert_single_host_image(&cli.inspect_json(&["--insecure", &name]), &pushed);
+}
+
+#[test]
 fn htpasswd_registry_without_credentials_asks_for_a_login() {
     let reg = TestRegistry::start(htpasswd());
     image::push_image(&reg, REPO, "v1", &image("auth", &[Compression::Gzip]));
