@@ -436,6 +436,43 @@ fn check_multi_platform(format: Format, index_type: &str) {
 }
 
 #[test]
+fn single_platform_image_of_another_platform_is_refused() {
+    let reg = TestRegistry::start(Variant::Plain);
+    let cli = Cli::new();
+    let spec = ImageSpec {
+        arch: "amd64".into(),
+        ..image("amd64 only", &[Compression::Gzip])
+    };
+    let pushed = image::push_image(&reg, REPO, "amd64", &spec);
+    let name = reference(&reg.host(), "amd64");
+    let cache = cli.dir.path().join("cache");
+    let cache = cache.to_str().unwrap();
+    for args in [
+        vec!["inspect", "--platform", "linux/arm64", &name],
+        vec![
+            "ls",
+            "--cache-dir",
+            cache,
+            "--platform",
+            "linux/arm64",
+            &name,
+            "/",
+        ],
+    ] {
+        let err = cli.run(&args).error();
+        for needle in [
+            "single-platform image for linux/amd64",
+            "not linux/arm64",
+            "drop --platform",
+        ] {
+            assert!(err.contains(needle), "{args:?}: no {needle:?} in: {err}");
+        }
+    }
+    let json = cli.inspect_json(&["--platform", "linux/amd64", &name]);
+    assert_image(&json, &pushed);
+}
+
+#[test]
 fn oci_index_picks_host_or_requested_platform() {
     check_multi_platform(Format::Oci, OCI_INDEX);
 }

@@ -135,6 +135,16 @@ pub enum RegistryError {
         available: Vec<String>,
     },
 
+    #[error(
+        "{reference} is a single-platform image for {offered}, not {wanted}: drop --platform \
+         {wanted} to use it as it is, or name an image (or index) built for {wanted}"
+    )]
+    SinglePlatformMismatch {
+        reference: String,
+        wanted: String,
+        offered: String,
+    },
+
     #[error("invalid --platform {0:?}: expected OS/ARCH or OS/ARCH/VARIANT, e.g. linux/arm64/v8")]
     BadPlatform(String),
 
