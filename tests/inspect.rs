@@ -800,6 +800,10 @@ fn malformed_input_is_refused_before_any_request() {
         (vec![format!("{host}/{REPO}@sha256:abc")], "sha256:abc"),
         (vec![format!("{host}/{REPO}:bad tag")], "tag"),
         (
+            vec![format!("http://{host}/{REPO}:v1")],
+            &format!("takes no scheme: use \"{host}/{REPO}:v1\""),
+        ),
+        (
             vec![
                 "--platform".to_string(),
                 "linux".to_string(),
