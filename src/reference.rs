@@ -183,7 +183,10 @@ fn check_registry(host: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && (ipv6
             || name.split('.').all(|l| {
-                !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                !l.is_empty()
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+                    && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
             }));
     if ok {
         Ok(())
@@ -292,6 +295,8 @@ mod tests {
         assert!(err("app@sha256:123").contains("invalid digest"));
         assert!(err("app:-bad").contains("tag"));
         assert!(err("example.com:port/app").contains("port"));
+        assert!(err("-example.com/app").contains("not a valid host name"));
+        assert!(err("example-.com/app").contains("not a valid host name"));
         assert!(err("a//b").contains("component"));
         assert!(err("").contains("empty"));
         assert!(err("app@md5:abcd").contains("unsupported digest algorithm"));
