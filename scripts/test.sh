@@ -11,11 +11,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # (skopeo, umoci), FUSE, a container runtime with a static busybox to run in it. gcc and
 # libc6-dev link Rust binaries and build zstd's bundled C sources. debootstrap builds the
 # Debian image of tests/debian.rs (from the mirror in this machine's apt sources, once: the
-# build is kept in /var/tmp/lazypull-test-debian).
+# build is kept in /var/tmp/lazypull-test-debian). tests/tar_corpus.rs reads Go's tar test corpus
+# (golang-1.19-src, one file of it bzip2ed) with Go's own reader (golang-1.19-go).
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 ensure_packages docker-registry skopeo umoci fuse3 apache2-utils openssl runc busybox-static jq \
-    curl ca-certificates gcc libc6-dev debootstrap
+    curl ca-certificates gcc libc6-dev debootstrap golang-1.19-go golang-1.19-src bzip2
 
 # The package starts a registry service on :5000. Tests start registries of their own on free
 # ports, so it is only in the way: stop it and keep it from starting at boot.

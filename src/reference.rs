@@ -86,6 +86,17 @@ impl FromStr for Reference {
         if input.is_empty() {
             return Err(invalid("empty reference"));
         }
+        if let Some((scheme, rest)) = input.split_once("://") {
+            let http = if scheme.eq_ignore_ascii_case("http") {
+                " (plain http is tried by itself for a registry on loopback, and for any with \
+                 --insecure)"
+            } else {
+                ""
+            };
+            return Err(invalid(&format!(
+                "a reference takes no scheme: use {rest:?}{http}"
+            )));
+        }
         let (rest, digest) = match input.split_once('@') {
             Some((rest, d)) => {
                 let digest = d
@@ -172,7 +183,10 @@ fn check_registry(host: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && (ipv6
             || name.split('.').all(|l| {
-                !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                !l.is_empty()
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+                    && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
             }));
     if ok {
         Ok(())
@@ -281,8 +295,26 @@ mod tests {
         assert!(err("app@sha256:123").contains("invalid digest"));
         assert!(err("app:-bad").contains("tag"));
         assert!(err("example.com:port/app").contains("port"));
+        assert!(err("-example.com/app").contains("not a valid host name"));
+        assert!(err("example-.com/app").contains("not a valid host name"));
         assert!(err("a//b").contains("component"));
         assert!(err("").contains("empty"));
         assert!(err("app@md5:abcd").contains("unsupported digest algorithm"));
+    }
+
+    #[test]
+    fn a_scheme_is_refused_with_the_reference_without_it() {
+        let err = |s: &str| s.parse::<Reference>().unwrap_err().to_string();
+        let msg = err("http://localhost:5000/team/app:1.4");
+        assert!(
+            msg.contains(r#"takes no scheme: use "localhost:5000/team/app:1.4""#)
+                && msg.contains("--insecure"),
+            "{msg}"
+        );
+        let msg = err("https://registry.example/app");
+        assert!(
+            msg.contains(r#"use "registry.example/app""#) && !msg.contains("--insecure"),
+            "{msg}"
+        );
     }
 }

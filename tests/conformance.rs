@@ -17,6 +17,7 @@ use common::registry::{TestRegistry, Variant};
 use common::tarball::{TarBuilder, tool_layer};
 use common::unpacked::{self, umoci_reference};
 use lazypull::digest::Digest;
+use tar::EntryType;
 
 /// `/a/b` for a tar name `./a/b/`, `a/b` or `/a/b`.
 fn absolute(name: &[u8]) -> String {
@@ -74,9 +75,13 @@ const FORMS: [(&str, Compression, Format); 4] = [
 /// Pushes `tars` in every form of [`FORMS`], lists each with lazypull and compares it with
 /// umoci's unpack. Returns the paths lazypull listed.
 fn conform(repo: &str, tars: &[Vec<u8>]) -> Vec<String> {
+    conform_with(repo, tars, source_contents(tars))
+}
+
+/// [`conform`] for tars the `tar` crate cannot walk, with what each file holds given.
+fn conform_with(repo: &str, tars: &[Vec<u8>], contents: HashMap<String, Digest>) -> Vec<String> {
     let reg = TestRegistry::start(Variant::Plain);
     let tmp = tempfile::tempdir().unwrap();
-    let contents = source_contents(tars);
     let mut gzip_rootfs = None;
     let mut listed = Vec::new();
     for (tag, compression, format) in FORMS {
@@ -238,6 +243,77 @@ fn special_files_modes_xattrs_and_long_names() {
         .build();
     let paths = conform("special", &[layer]);
     assert!(paths.contains(&format!("/{pax_long}")) && paths.contains(&format!("/{gnu_long}")));
+}
+
+#[test]
+fn repeated_extension_headers_the_last_wins_and_a_pax_header_alone_is_empty() {
+    let first = format!("long/{}", "f".repeat(120));
+    let second = format!("long/{}", "s".repeat(120));
+    let target = format!("/{}", "t".repeat(120));
+    let layer = TarBuilder::new()
+        .dir("long", 0o755)
+        .gnu_long(EntryType::GNULongName, &first)
+        .gnu_long(EntryType::GNULongName, &second)
+        .file("short", "the second name's", 0o644)
+        .gnu_long(EntryType::GNULongLink, "/first/target")
+        .gnu_long(EntryType::GNULongLink, &target)
+        .symlink("link", "header-target")
+        // A later PAX header replaces an earlier one whole: no `path`, no xattr from the first.
+        .pax("path", "first/pax/path")
+        .xattr("user.first", "1")
+        .pax_header()
+        .pax("mtime", "1600000000.5")
+        .xattr("user.second", "2")
+        .file("kept", "kept", 0o644)
+        .build();
+    // A layer of one PAX header and no entry.
+    let alone = TarBuilder::new()
+        .pax("path", "nothing")
+        .pax_header()
+        .build();
+    let contents = HashMap::from([
+        (format!("/{second}"), Digest::of(b"the second name's")),
+        ("/kept".to_string(), Digest::of(b"kept")),
+    ]);
+    let paths = conform_with("headers", &[layer, alone], contents);
+    assert_eq!(
+        paths,
+        ["/", "/kept", "/link", "/long", &format!("/{second}")]
+    );
+}
+
+/// umoci refuses a GNU dumpdir (type `D`, what `tar --listed-incremental` writes for a
+/// directory) as an unknown type; GNU tar and Go's reader read it as a directory, and so does
+/// lazypull: its tree is compared with what GNU tar extracts.
+#[test]
+fn gnu_dumpdirs_are_directories_as_gnu_tar_extracts_them() {
+    let layer = TarBuilder::new()
+        .raw(EntryType::new(b'D'), b"dd/", b"", b"Ysub\0Ngone\0\0", 0o750)
+        .file("dd/sub", "in", 0o644)
+        .build();
+    let reg = TestRegistry::start(Variant::Plain);
+    push_image(
+        &reg,
+        "dumpdir",
+        "1",
+        &ImageSpec::new(vec![(layer.clone(), Compression::Gzip)]),
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = tmp.path().join("rootfs");
+    std::fs::create_dir(&rootfs).unwrap();
+    std::fs::write(tmp.path().join("layer.tar"), &layer).unwrap();
+    sh(
+        "chmod 0755 rootfs && tar --numeric-owner -xpf layer.tar -C rootfs",
+        tmp.path(),
+    );
+    let contents = HashMap::from([("/dd/sub".to_string(), Digest::of(b"in"))]);
+    let entries = ls_entries(
+        &tmp.path().join("cache"),
+        &format!("{}/dumpdir:1", reg.host()),
+        |p| contents.get(p).cloned(),
+    );
+    unpacked::compare(&entries, &rootfs);
+    assert_eq!(unpacked::entry(&entries, "/dd").kind, "dir");
 }
 
 #[test]

@@ -99,3 +99,17 @@ fn truncated_tar() {
     let cut = full[..full.len() - 4_000].to_vec();
     refused(cut, &["`big`", "cut short"]);
 }
+
+#[test]
+fn xattr_name_holding_a_nul() {
+    // GNU tar and Go's reader both refuse the layer; a reader that cut the name at the NUL
+    // would set `user.a` from a record that says something else.
+    let layer = TarBuilder::new()
+        .xattr("user.a\0hidden", "v")
+        .file("victim", "x", 0o644)
+        .build();
+    refused(
+        layer,
+        &["PAX record `SCHILY.xattr.user.a\\x00hidden` holds a NUL byte"],
+    );
+}

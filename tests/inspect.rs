@@ -436,6 +436,43 @@ fn check_multi_platform(format: Format, index_type: &str) {
 }
 
 #[test]
+fn single_platform_image_of_another_platform_is_refused() {
+    let reg = TestRegistry::start(Variant::Plain);
+    let cli = Cli::new();
+    let spec = ImageSpec {
+        arch: "amd64".into(),
+        ..image("amd64 only", &[Compression::Gzip])
+    };
+    let pushed = image::push_image(&reg, REPO, "amd64", &spec);
+    let name = reference(&reg.host(), "amd64");
+    let cache = cli.dir.path().join("cache");
+    let cache = cache.to_str().unwrap();
+    for args in [
+        vec!["inspect", "--platform", "linux/arm64", &name],
+        vec![
+            "ls",
+            "--cache-dir",
+            cache,
+            "--platform",
+            "linux/arm64",
+            &name,
+            "/",
+        ],
+    ] {
+        let err = cli.run(&args).error();
+        for needle in [
+            "single-platform image for linux/amd64",
+            "not linux/arm64",
+            "drop --platform",
+        ] {
+            assert!(err.contains(needle), "{args:?}: no {needle:?} in: {err}");
+        }
+    }
+    let json = cli.inspect_json(&["--platform", "linux/amd64", &name]);
+    assert_image(&json, &pushed);
+}
+
+#[test]
 fn oci_index_picks_host_or_requested_platform() {
     check_multi_platform(Format::Oci, OCI_INDEX);
 }
@@ -462,6 +499,27 @@ fn tls_registry_with_ca_in_home_without_it_and_insecure() {
     assert!(err.contains("--insecure"), "{err}");
 
     assert_single_host_image(&untrusting.inspect_json(&["--insecure", &name]), &pushed);
+}
+
+#[test]
+fn self_signed_certificate_that_is_its_own_ca_is_explained() {
+    // What a user gets from `openssl req -x509` and puts in certs.d as the certs.d advice says.
+    let reg = TestRegistry::start(Variant::TlsSelfSigned);
+    let pushed = image::push_image(&reg, REPO, "v1", &image("tls", &[Compression::Gzip]));
+    let name = reference(&reg.host(), "v1");
+    let cli = Cli::new();
+    reg.install_ca_in_home(&cli.home());
+    let err = cli.inspect_error(&["--retries", "0", &name]);
+    for needle in [
+        reg.host().as_str(),
+        "is a CA certificate",
+        "openssl req -x509",
+        "server certificate signed by it",
+        "--insecure",
+    ] {
+        assert!(err.contains(needle), "no {needle:?} in: {err}");
+    }
+    assert_single_host_image(&cli.inspect_json(&["--insecure", &name]), &pushed);
 }
 
 #[test]
@@ -741,6 +799,10 @@ fn malformed_input_is_refused_before_any_request() {
         (vec![format!("{host}/Test/App:v1")], "lowercase"),
         (vec![format!("{host}/{REPO}@sha256:abc")], "sha256:abc"),
         (vec![format!("{host}/{REPO}:bad tag")], "tag"),
+        (
+            vec![format!("http://{host}/{REPO}:v1")],
+            &format!("takes no scheme: use \"{host}/{REPO}:v1\""),
+        ),
         (
             vec![
                 "--platform".to_string(),

@@ -59,7 +59,7 @@ pub struct RegistryArgs {
     insecure: bool,
 
     /// Platform to choose from a multi-platform image: OS/ARCH[/VARIANT]
-    /// (default: this machine's).
+    /// (default: this machine's); a single-platform image of another one is refused.
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     platform: Option<String>,
 

@@ -1,20 +1,26 @@
 //! Tar entries of one layer: every header of an uncompressed tar stream, read in a single pass.
 //!
-//! The `tar` crate walks the stream (ustar, GNU long names and links, PAX sizes). PAX records are
-//! parsed here by their length prefix, from the raw bytes the crate read, because the crate splits
-//! records at newlines and so mangles binary xattr values (`security.capability`) and can be made
-//! to see records that a length-prefixed reader (Go's, umoci's) does not.
+//! The stream is walked here block by block, as the reference readers walk it (GNU tar, and Go's
+//! archive/tar that umoci unpacks with): any run of extension headers (GNU long names and links,
+//! PAX) before an entry, the last of each kind winning. The `tar` crate's own walk refuses two
+//! long names before one entry, which both readers accept, so it only lays out a header's fields;
+//! `fields` decodes the numbers and the PAX records as Go does. PAX records are parsed by their
+//! length prefix, so binary xattr values (`security.capability`) stay whole and no record hides
+//! inside another's value.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io::{self, Read};
 
 use serde::{Deserialize, Serialize};
 
-/// Largest GNU long name or PAX header accepted, as in Go's archive/tar.
+use fields::{
+    checksum_ok, header_name, parse_decimal, parse_numeric, parse_pax, parse_pax_time, until_nul,
+};
+
+mod fields;
+
+/// Largest GNU long name or PAX header accepted (less than this), as in Go's archive/tar.
 const MAX_SPECIAL: u64 = 1 << 20;
-/// Bound on the bytes kept while the crate reads the extension headers before one entry.
-const MAX_CAPTURE: usize = 4 << 20;
 const BLOCK: u64 = 512;
 
 /// One entry of a layer tar, as the layer says it (whiteouts included; the tree interprets them).
@@ -101,8 +107,8 @@ pub enum TarError {
         #[source]
         source: io::Error,
     },
-    #[error("tar stream: extension headers {where_} exceed {MAX_CAPTURE} bytes")]
-    ExtensionTooLarge { where_: Where },
+    #[error("tar stream: header checksum mismatch {where_} (not a tar stream, or a corrupt one)")]
+    Checksum { where_: Where },
     #[error("tar stream: bad extension header {where_}: {reason}")]
     BadExtension { where_: Where, reason: String },
     #[error("tar entry `{entry}`: reading its data: {source}")]
@@ -121,25 +127,18 @@ pub enum TarError {
     Climbs { entry: String },
     #[error("tar entry `{entry}`: hardlink target `{target}` climbs out of the root")]
     HardlinkClimbs { entry: String, target: String },
-    #[error("tar entry `{entry}` ({where_}): bad header: {source}")]
-    Header {
-        entry: String,
-        where_: Where,
-        #[source]
-        source: io::Error,
-    },
     #[error("tar entry `{entry}`: sparse files are not supported")]
     Sparse { entry: String },
     #[error("tar entry `{entry}`: absurd size {size}")]
-    AbsurdSize { entry: String, size: u64 },
+    AbsurdSize { entry: String, size: i128 },
     #[error("tar entry `{entry}`: unsupported type flag {typeflag:?}")]
     Unsupported { entry: String, typeflag: char },
     #[error("tar entry `{entry}`: {reason}")]
     Malformed { entry: String, reason: String },
 }
 
-/// Where in the stream an error happened that the tar crate met before surfacing an entry.
-#[derive(Debug)]
+/// Where in the stream an error happened that no entry's name can be given for.
+#[derive(Debug, Clone)]
 pub struct Where(Option<String>);
 
 impl std::fmt::Display for Where {
@@ -156,120 +155,175 @@ pub(crate) fn show(name: &[u8]) -> String {
     String::from_utf8_lossy(name).into_owned()
 }
 
-#[derive(Default)]
-struct Capture {
-    on: bool,
-    bytes: Vec<u8>,
-    overflow: bool,
-}
-
-/// Passes reads through, keeping a copy of what the crate reads while `on` (headers, not data).
-struct Tap<'a, R> {
-    inner: &'a mut R,
-    capture: &'a RefCell<Capture>,
-}
-
-impl<R: Read> Read for Tap<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        let mut cap = self.capture.borrow_mut();
-        if cap.on {
-            if cap.bytes.len() + n > MAX_CAPTURE {
-                cap.overflow = true;
-                return Err(io::Error::other("extension headers too large"));
-            }
-            cap.bytes.extend_from_slice(&buf[..n]);
-        }
-        Ok(n)
-    }
-}
-
 /// Reads every header of the tar stream, up to and including the first end-of-archive block.
 ///
 /// Offsets are counted from the reader's position on entry. The reader is left just after the
 /// first zero block; whatever follows (the second zero block, padding) is the caller's to drain.
 pub fn read_entries<R: Read>(reader: &mut R) -> Result<Vec<TarEntry>, TarError> {
-    let capture = RefCell::new(Capture::default());
-    let mut archive = tar::Archive::new(Tap {
-        inner: reader,
-        capture: &capture,
-    });
-    let stream_err = |last: &Option<Vec<u8>>, source| TarError::Stream {
-        where_: Where(last.as_deref().map(show)),
-        source,
+    let mut blocks = Blocks {
+        reader,
+        pos: 0,
+        last: None,
     };
     let mut out = Vec::new();
-    let mut last: Option<Vec<u8>> = None;
-    let mut entries = archive.entries().map_err(|e| stream_err(&last, e))?;
-    // Stream position where the bytes captured for the next entry start.
-    let mut resume = 0u64;
-    loop {
-        {
-            let mut cap = capture.borrow_mut();
-            cap.on = true;
-            cap.bytes.clear();
+    let mut ext = Extensions::default();
+    while let Some(header) = blocks.header()? {
+        let flag = header.as_old().linkflag[0];
+        if matches!(flag, b'L' | b'K' | b'x' | b'g') {
+            let data = blocks.special(&header)?;
+            let bad_pax = |reason| TarError::BadExtension {
+                where_: blocks.where_(),
+                reason,
+            };
+            match flag {
+                b'L' => ext.long_name = Some(until_nul(&data).to_vec()),
+                b'K' => ext.long_link = Some(until_nul(&data).to_vec()),
+                b'x' => ext.pax = parse_pax(&data).map_err(bad_pax)?,
+                _ => {
+                    // A PAX global header carries defaults that OCI unpackers ignore; like Go's
+                    // reader, it also ends the extension headers that came before it.
+                    parse_pax(&data).map_err(bad_pax)?;
+                    ext = Extensions::default();
+                }
+            }
+            continue;
         }
-        let next = entries.next();
-        let captured = {
-            let mut cap = capture.borrow_mut();
-            cap.on = false;
-            if cap.overflow {
-                return Err(TarError::ExtensionTooLarge {
-                    where_: Where(last.as_deref().map(show)),
-                });
-            }
-            std::mem::take(&mut cap.bytes)
-        };
-        let mut entry = match next {
-            None => break,
-            Some(Err(e)) => {
-                // The crate checks sizes and parses GNU sparse maps before handing the entry
-                // out; name the entry when its header is sound enough to say which it was.
-                return Err(match failed_entry(&captured, resume) {
-                    Some((entry, b'S', _)) => TarError::Sparse { entry },
-                    Some((entry, _, Some(size))) if size > i64::MAX as u64 => {
-                        TarError::AbsurdSize { entry, size }
-                    }
-                    Some((entry, _, _)) => TarError::Header {
-                        entry,
-                        where_: Where(last.as_deref().map(show)),
-                        source: e,
-                    },
-                    None => stream_err(&last, e),
-                });
-            }
-            Some(Ok(entry)) => entry,
-        };
-        let ext = Extensions::parse(&captured, resume, entry.raw_header_position(), &last)?;
-        let parsed = convert(&entry, &ext)?;
-        let size = entry.size();
+        let ext = std::mem::take(&mut ext);
         let name = ext
-            .name
-            .clone()
-            .unwrap_or_else(|| entry.header().path_bytes().into_owned());
-        let got = io::copy(&mut entry, &mut io::sink()).map_err(|source| TarError::Data {
-            entry: show(&name),
-            source,
-        })?;
-        if got < size {
-            return Err(TarError::Truncated {
-                entry: show(&name),
-                expected: size,
-                got,
-            });
-        }
-        resume = entry.raw_file_position() + size;
-        last = Some(name);
-        out.extend(parsed);
+            .name()
+            .map_or_else(|| header_name(&header), <[u8]>::to_vec);
+        let offset = blocks.pos;
+        let (entry, size) = convert(&header, &ext, &name, offset)?;
+        blocks.skip_data(&name, size)?;
+        blocks.last = Some(name);
+        out.push(entry);
     }
     Ok(out)
 }
 
-/// What the extension headers (GNU `L`/`K`, PAX `x`) before one entry say.
+/// The stream block by block; `pos` counts from where the caller's reader was.
+struct Blocks<'a, R> {
+    reader: &'a mut R,
+    pos: u64,
+    /// Name of the last entry read, for messages.
+    last: Option<Vec<u8>>,
+}
+
+impl<R: Read> Blocks<'_, R> {
+    fn where_(&self) -> Where {
+        Where(self.last.as_deref().map(show))
+    }
+
+    fn stream(&self, source: io::Error) -> TarError {
+        TarError::Stream {
+            where_: self.where_(),
+            source,
+        }
+    }
+
+    /// Fills `buf` as far as the stream goes; how much it filled.
+    fn fill(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut got = 0;
+        while got < buf.len() {
+            match self.reader.read(&mut buf[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.pos += got as u64;
+        Ok(got)
+    }
+
+    /// The next header block; `None` at the end of the stream or at the first zero block
+    /// (extension headers with no entry after them then describe nothing, as in Go's reader).
+    fn header(&mut self) -> Result<Option<tar::Header>, TarError> {
+        let mut header = tar::Header::new_old();
+        let got = self
+            .fill(header.as_mut_bytes())
+            .map_err(|e| self.stream(e))?;
+        if got == 0 {
+            return Ok(None);
+        }
+        if got < BLOCK as usize {
+            return Err(self.stream(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the stream ends inside a header ({got} of {BLOCK} bytes)"),
+            )));
+        }
+        if header.as_bytes().iter().all(|&b| b == 0) {
+            return Ok(None);
+        }
+        if !checksum_ok(&header) {
+            return Err(TarError::Checksum {
+                where_: self.where_(),
+            });
+        }
+        Ok(Some(header))
+    }
+
+    /// The data of an extension header (GNU long name or link, PAX), padding skipped.
+    fn special(&mut self, header: &tar::Header) -> Result<Vec<u8>, TarError> {
+        let where_ = self.where_();
+        let broken = |reason: String| TarError::BadExtension {
+            where_: where_.clone(),
+            reason,
+        };
+        let raw = &header.as_old().size;
+        let size = parse_numeric(raw)
+            .and_then(|size| u64::try_from(size).ok())
+            .ok_or_else(|| broken(format!("bad size field `{}`", raw.escape_ascii())))?;
+        if size >= MAX_SPECIAL {
+            return Err(broken("extension header of 1 MiB or more".into()));
+        }
+        let mut data = vec![0; size.div_ceil(BLOCK) as usize * BLOCK as usize];
+        let got = self.fill(&mut data).map_err(|e| self.stream(e))?;
+        if got < data.len() {
+            return Err(broken("extension header data cut short".into()));
+        }
+        data.truncate(size as usize);
+        Ok(data)
+    }
+
+    /// Steps over an entry's `size` bytes of data and their padding.
+    fn skip_data(&mut self, name: &[u8], size: u64) -> Result<(), TarError> {
+        let padded = size.div_ceil(BLOCK) * BLOCK;
+        let got =
+            io::copy(&mut (&mut *self.reader).take(padded), &mut io::sink()).map_err(|source| {
+                TarError::Data {
+                    entry: show(name),
+                    source,
+                }
+            })?;
+        self.pos += got;
+        if got < size {
+            return Err(TarError::Truncated {
+                entry: show(name),
+                expected: size,
+                got,
+            });
+        }
+        if got < padded {
+            return Err(self.stream(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "the stream ends inside the padding of entry `{}`",
+                    show(name)
+                ),
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What the extension headers before one entry say. Of several headers of one kind the last
+/// counts, as both GNU tar and Go's reader have it: a later PAX header replaces an earlier one
+/// whole, a later long name an earlier one.
 #[derive(Default)]
 struct Extensions {
-    name: Option<Vec<u8>>,
-    link: Option<Vec<u8>>,
+    long_name: Option<Vec<u8>>,
+    long_link: Option<Vec<u8>>,
     pax: PaxRecords,
 }
 
@@ -277,168 +331,30 @@ struct Extensions {
 type PaxRecords = Vec<(Vec<u8>, Vec<u8>)>;
 
 impl Extensions {
-    /// Walks the extension headers the crate read between `start` and the entry's header.
-    fn parse(
-        captured: &[u8],
-        start: u64,
-        header_pos: u64,
-        last: &Option<Vec<u8>>,
-    ) -> Result<Extensions, TarError> {
-        let broken = |reason: &str| TarError::BadExtension {
-            where_: Where(last.as_deref().map(show)),
-            reason: reason.to_string(),
-        };
-        let mut ext = Extensions::default();
-        let mut pos = start.div_ceil(BLOCK) * BLOCK;
-        let mut long_name = None;
-        let mut long_link = None;
-        while pos < header_pos {
-            let at = (pos - start) as usize;
-            let block = captured
-                .get(at..at + BLOCK as usize)
-                .ok_or_else(|| broken("extension headers do not line up"))?;
-            let mut header = tar::Header::new_old();
-            header.as_mut_bytes().copy_from_slice(block);
-            let size = header
-                .entry_size()
-                .map_err(|e| broken(&format!("extension header: {e}")))?;
-            if size > MAX_SPECIAL {
-                return Err(broken("extension header larger than 1 MiB"));
-            }
-            let data = captured
-                .get(at + BLOCK as usize..at + (BLOCK + size) as usize)
-                .ok_or_else(|| broken("extension header data cut short"))?;
-            match header.as_old().linkflag[0] {
-                b'L' => long_name = Some(until_nul(data).to_vec()),
-                b'K' => long_link = Some(until_nul(data).to_vec()),
-                b'x' => ext.pax = parse_pax(data).map_err(|r| broken(&r))?,
-                _ => return Err(broken("unexpected extension header")),
-            }
-            pos += BLOCK + size.div_ceil(BLOCK) * BLOCK;
-        }
-        // Go's reader (and so umoci) lets a GNU long name win over a PAX path.
-        ext.name = long_name.or_else(|| ext.pax_value(b"path").map(<[u8]>::to_vec));
-        ext.link = long_link.or_else(|| ext.pax_value(b"linkpath").map(<[u8]>::to_vec));
-        Ok(ext)
+    /// Go's reader (and so umoci) lets a GNU long name win over a PAX path; an empty long name
+    /// names nothing.
+    fn name(&self) -> Option<&[u8]> {
+        nonempty(self.long_name.as_deref()).or_else(|| self.pax_value(b"path"))
     }
 
-    /// The last record with this key (later records override earlier ones).
+    fn link(&self) -> Option<&[u8]> {
+        nonempty(self.long_link.as_deref()).or_else(|| self.pax_value(b"linkpath"))
+    }
+
+    /// The last record with this key (later records override earlier ones); an empty value
+    /// keeps the header's field, as in Go's reader.
     fn pax_value(&self, key: &[u8]) -> Option<&[u8]> {
         self.pax
             .iter()
             .rev()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_slice())
+            .filter(|v| !v.is_empty())
     }
 }
 
-/// Name, type flag and size field of the entry whose headers (extension headers first) were
-/// captured before the crate gave up on it; `None` unless its header has a valid checksum.
-fn failed_entry(captured: &[u8], start: u64) -> Option<(String, u8, Option<u64>)> {
-    let block_len = BLOCK as usize;
-    let mut at = (start.div_ceil(BLOCK) * BLOCK - start) as usize;
-    let mut long_name = None;
-    let mut pax_name = None;
-    loop {
-        let block = captured.get(at..at + block_len)?;
-        let mut header = tar::Header::new_old();
-        header.as_mut_bytes().copy_from_slice(block);
-        if !checksum_ok(&header) {
-            return None;
-        }
-        let flag = header.as_old().linkflag[0];
-        if !matches!(flag, b'L' | b'K' | b'x') {
-            let name = long_name
-                .or(pax_name)
-                .unwrap_or_else(|| header.path_bytes().into_owned());
-            return Some((show(&name), flag, header.entry_size().ok()));
-        }
-        let size = usize::try_from(header.entry_size().ok()?.min(MAX_SPECIAL)).ok()?;
-        let data = captured.get(at + block_len..at + block_len + size)?;
-        match flag {
-            b'L' => long_name = Some(until_nul(data).to_vec()),
-            b'x' => {
-                pax_name = parse_pax(data)
-                    .ok()?
-                    .into_iter()
-                    .rev()
-                    .find(|(k, _)| k == b"path")
-                    .map(|(_, v)| v);
-            }
-            _ => {}
-        }
-        at += block_len + size.div_ceil(block_len) * block_len;
-    }
-}
-
-/// Whether a header block's checksum field matches its bytes (the field counted as spaces).
-fn checksum_ok(header: &tar::Header) -> bool {
-    let sum: u32 = header
-        .as_bytes()
-        .iter()
-        .enumerate()
-        .map(|(i, &b)| u32::from(if (148..156).contains(&i) { b' ' } else { b }))
-        .sum();
-    header.cksum().is_ok_and(|stored| stored == sum)
-}
-
-fn until_nul(data: &[u8]) -> &[u8] {
-    data.iter()
-        .position(|&b| b == 0)
-        .map_or(data, |end| &data[..end])
-}
-
-/// PAX records: `<len> <key>=<value>\n`, where `len` counts the whole record.
-fn parse_pax(mut data: &[u8]) -> Result<PaxRecords, String> {
-    let mut records = Vec::new();
-    while !data.is_empty() {
-        let bad = || "malformed PAX record".to_string();
-        let space = data.iter().position(|&b| b == b' ').ok_or_else(bad)?;
-        let len: usize = std::str::from_utf8(&data[..space])
-            .ok()
-            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(bad)?;
-        if len <= space + 1 || len > data.len() || data[len - 1] != b'\n' {
-            return Err(bad());
-        }
-        let record = &data[space + 1..len - 1];
-        let eq = record.iter().position(|&b| b == b'=').ok_or_else(bad)?;
-        records.push((record[..eq].to_vec(), record[eq + 1..].to_vec()));
-        data = &data[len..];
-    }
-    Ok(records)
-}
-
-/// Seconds with an optional fraction, possibly negative (PAX `mtime`).
-fn parse_pax_time(value: &[u8]) -> Option<Mtime> {
-    let text = std::str::from_utf8(value).ok()?;
-    let (negative, digits) = match text.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, text),
-    };
-    let (whole, frac) = digits.split_once('.').unwrap_or((digits, ""));
-    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-    if whole.is_empty() || !all_digits(whole) || !all_digits(frac) {
-        return None;
-    }
-    let sec: i64 = whole.parse().ok()?;
-    let mut nsec: u32 = 0;
-    for (i, digit) in frac.bytes().take(9).enumerate() {
-        nsec += u32::from(digit - b'0') * 10u32.pow(8 - i as u32);
-    }
-    if !negative {
-        return Some(Mtime { sec, nsec });
-    }
-    // -1.25 is 1.25 s before the epoch: sec -2, nsec 750_000_000.
-    Some(if nsec == 0 {
-        Mtime { sec: -sec, nsec }
-    } else {
-        Mtime {
-            sec: -sec - 1,
-            nsec: 1_000_000_000 - nsec,
-        }
-    })
+fn nonempty(value: Option<&[u8]>) -> Option<&[u8]> {
+    value.filter(|v| !v.is_empty())
 }
 
 /// Normalizes a tar name: strips `/` and `./`, resolves `.` and `..` lexically.
@@ -457,90 +373,86 @@ pub(crate) fn normalize(name: &[u8]) -> Option<Vec<u8>> {
     Some(parts.join(&b'/'))
 }
 
-fn convert<R: Read>(
-    entry: &tar::Entry<'_, R>,
+/// The entry one header (and the extension headers before it) describes, whose data starts at
+/// `offset`, and how many bytes of data follow the header.
+fn convert(
+    header: &tar::Header,
     ext: &Extensions,
-) -> Result<Option<TarEntry>, TarError> {
-    let header = entry.header();
-    let raw_name = ext
-        .name
-        .clone()
-        .unwrap_or_else(|| header.path_bytes().into_owned());
-    let entry_name = show(&raw_name);
+    raw_name: &[u8],
+    offset: u64,
+) -> Result<(TarEntry, u64), TarError> {
+    let entry_name = show(raw_name);
     let malformed = |reason: String| TarError::Malformed {
         entry: entry_name.clone(),
         reason,
     };
-    let field = |what: &str, e: io::Error| malformed(format!("bad {what} field: {e}"));
+    let old = header.as_old();
+    let field = |what: &str, raw: &[u8]| {
+        parse_numeric(raw)
+            .ok_or_else(|| malformed(format!("bad {what} field `{}`", raw.escape_ascii())))
+    };
     let typeflag = header.as_old().linkflag[0];
 
     if ext.pax.iter().any(|(k, _)| k.starts_with(b"GNU.sparse.")) || typeflag == b'S' {
-        return Err(TarError::Sparse { entry: entry_name });
-    }
-    if typeflag == b'g' {
-        // PAX global headers carry defaults that OCI unpackers ignore.
-        return Ok(None);
-    }
-    if raw_name.contains(&0) {
-        return Err(malformed("name contains a NUL byte".into()));
+        // A PAX sparse file's header holds a made-up name; its own is in a record.
+        let name = ext.pax_value(b"GNU.sparse.name").map_or(entry_name, show);
+        return Err(TarError::Sparse { entry: name });
     }
     if raw_name.is_empty() {
         return Err(malformed("empty name".into()));
     }
-    let path = normalize(&raw_name).ok_or_else(|| TarError::Climbs {
+    let path = normalize(raw_name).ok_or_else(|| TarError::Climbs {
         entry: entry_name.clone(),
     })?;
 
-    // The crate positions the stream by its own reading of the PAX size; it must agree with ours.
     let size = match ext.pax_value(b"size") {
-        Some(v) => parse_decimal(v).ok_or_else(|| malformed("bad PAX size".into()))?,
-        None => header.entry_size().map_err(|e| field("size", e))?,
+        Some(v) => parse_decimal(v)
+            .ok_or_else(|| malformed("bad PAX size".into()))?
+            .into(),
+        None => field("size", &old.size)?,
     };
-    if size != entry.size() {
-        return Err(malformed(format!(
-            "ambiguous size ({size} or {})",
-            entry.size()
-        )));
+    if size < 0 {
+        return Err(malformed(format!("negative size {size}")));
     }
-    if size > i64::MAX as u64 || entry.raw_file_position().checked_add(size).is_none() {
-        return Err(TarError::AbsurdSize {
-            entry: entry_name,
-            size,
-        });
-    }
+    let size = match u64::try_from(size) {
+        Ok(size) if size <= i64::MAX as u64 && offset.checked_add(size).is_some() => size,
+        _ => {
+            return Err(TarError::AbsurdSize {
+                entry: entry_name,
+                size,
+            });
+        }
+    };
 
-    let id = |key: &[u8], what: &str, from_header: io::Result<u64>| -> Result<u32, TarError> {
+    let id = |key: &[u8], what: &str, raw: &[u8]| -> Result<u32, TarError> {
         let value = match ext.pax_value(key) {
-            Some(v) => parse_decimal(v).ok_or_else(|| malformed(format!("bad PAX {what}")))?,
-            None => from_header.map_err(|e| field(what, e))?,
+            Some(v) => parse_decimal(v)
+                .ok_or_else(|| malformed(format!("bad PAX {what}")))?
+                .into(),
+            None => field(what, raw)?,
         };
         u32::try_from(value).map_err(|_| malformed(format!("{what} {value} out of range")))
     };
-    let old = header.as_old();
-    let uid = id(b"uid", "uid", numeric(&old.uid, || header.uid()))?;
-    let gid = id(b"gid", "gid", numeric(&old.gid, || header.gid()))?;
+    let uid = id(b"uid", "uid", &old.uid)?;
+    let gid = id(b"gid", "gid", &old.gid)?;
     let mtime = match ext.pax_value(b"mtime") {
         Some(v) => parse_pax_time(v).ok_or_else(|| malformed("bad PAX mtime".into()))?,
-        None => {
-            let sec = numeric(&old.mtime, || header.mtime()).map_err(|e| field("mtime", e))?;
-            Mtime {
-                sec: i64::try_from(sec).map_err(|_| malformed("mtime out of range".into()))?,
-                nsec: 0,
-            }
-        }
+        None => Mtime {
+            sec: i64::try_from(field("mtime", &old.mtime)?)
+                .map_err(|_| malformed("mtime out of range".into()))?,
+            nsec: 0,
+        },
     };
-    let mode = numeric(&old.mode, || header.mode().map(u64::from)).map_err(|e| field("mode", e))?
-        as u32
-        & 0o7777;
+    let mode = (field("mode", &old.mode)? & 0o7777) as u32;
 
     let link = || -> Result<Vec<u8>, TarError> {
         let target = ext
-            .link
-            .clone()
+            .link()
+            .map(<[u8]>::to_vec)
             .or_else(|| header.link_name_bytes().map(|l| l.into_owned()))
             .unwrap_or_default();
-        if target.is_empty() || target.contains(&0) {
-            return Err(malformed("empty or NUL-holding link target".into()));
+        if target.is_empty() {
+            return Err(malformed("empty link target".into()));
         }
         Ok(target)
     };
@@ -557,28 +469,19 @@ fn convert<R: Read>(
         ) else {
             return Ok((0, 0));
         };
-        let num = |raw: &[u8; 8], read: fn(&tar::Header) -> io::Result<Option<u32>>| {
-            numeric(raw, || read(header).map(|v| u64::from(v.unwrap_or(0))))
-                .map_err(|e| field("device", e))
-                .map(|v| v as u32)
+        let num = |raw: &[u8]| {
+            let value = field("device", raw)?;
+            u32::try_from(value).map_err(|_| malformed(format!("device {value} out of range")))
         };
-        Ok((
-            num(major, tar::Header::device_major)?,
-            num(minor, tar::Header::device_minor)?,
-        ))
+        Ok((num(major)?, num(minor)?))
     };
     let kind = match typeflag {
-        b'0' => EntryKind::File {
-            offset: entry.raw_file_position(),
-            size,
-        },
         // Old tars mark directories by a trailing slash on a regular entry (as Go reads them).
         b'\0' if raw_name.ends_with(b"/") => EntryKind::Dir,
-        b'\0' => EntryKind::File {
-            offset: entry.raw_file_position(),
-            size,
-        },
-        b'5' => EntryKind::Dir,
+        b'0' | b'\0' => EntryKind::File { offset, size },
+        // A GNU dumpdir (`tar --listed-incremental`) is a directory whose data lists what the
+        // directory held; both reference readers step over that data.
+        b'5' | b'D' => EntryKind::Dir,
         b'2' => EntryKind::Symlink { target: link()? },
         b'1' => {
             let raw = link()?;
@@ -604,9 +507,9 @@ fn convert<R: Read>(
             });
         }
     };
-    // Go's reader skips no data after header-only entries while the crate skips `size` bytes:
-    // such an entry would mean two different layers, so refuse it.
-    if size != 0 && !matches!(kind, EntryKind::File { .. }) {
+    // Go's reader skips no data after header-only entries while GNU tar skips `size` bytes: such
+    // an entry would mean two different layers, so refuse it.
+    if size != 0 && !matches!(kind, EntryKind::File { .. }) && typeflag != b'D' {
         return Err(malformed(format!(
             "non-file entry carries {size} bytes of data"
         )));
@@ -620,7 +523,7 @@ fn convert<R: Read>(
             xattrs.insert(name, value.clone());
         }
     }
-    Ok(Some(TarEntry {
+    let entry = TarEntry {
         path,
         kind,
         mode,
@@ -628,23 +531,8 @@ fn convert<R: Read>(
         gid,
         mtime,
         xattrs,
-    }))
-}
-
-/// A numeric header field; blank (all NUL or space) reads as 0, as Go's reader has it.
-fn numeric(raw: &[u8], parse: impl FnOnce() -> io::Result<u64>) -> io::Result<u64> {
-    if raw.iter().all(|&b| b == 0 || b == b' ') {
-        Ok(0)
-    } else {
-        parse()
-    }
-}
-
-fn parse_decimal(value: &[u8]) -> Option<u64> {
-    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(value).ok()?.parse().ok()
+    };
+    Ok((entry, size))
 }
 
 #[cfg(test)]

@@ -305,7 +305,7 @@ fn sparse_files_are_refused() {
     );
     push(&mut out, &header(b"GNUSparseFile.0/holes2", b'0', 0), b"");
     let msg = refused(finish(out));
-    assert!(msg.contains("holes2") && msg.contains("sparse"), "{msg}");
+    assert!(msg.contains("`holes2`") && msg.contains("sparse"), "{msg}");
 }
 
 #[test]
@@ -384,4 +384,168 @@ fn malformed_pax_records_are_refused() {
         msg.contains("after entry `ok`") && msg.contains("PAX"),
         "{msg}"
     );
+}
+
+/// A GNU long name (`L`) or long link (`K`) header holding `name`.
+fn push_long(out: &mut Vec<u8>, flag: u8, name: &[u8]) {
+    let mut data = name.to_vec();
+    data.push(0);
+    push(
+        out,
+        &header(b"././@LongLink", flag, data.len() as u64),
+        &data,
+    );
+}
+
+#[test]
+fn gnu_dumpdirs_are_directories_and_their_data_is_stepped_over() {
+    // What `tar --listed-incremental` writes for a directory: its listing as the entry's data.
+    let listing = b"Ya\0Nold\0\0";
+    let mut out = Vec::new();
+    let mut dumpdir = header(b"dir/", b'D', listing.len() as u64);
+    dumpdir.set_mode(0o750);
+    dumpdir.set_cksum();
+    push(&mut out, &dumpdir, listing);
+    push(&mut out, &header(b"dir/a", b'0', 3), b"abc");
+    let bytes = finish(out);
+    let entries = read(&bytes).unwrap();
+    assert_eq!(entries.len(), 2);
+    assert_eq!(
+        (
+            entries[0].path.as_slice(),
+            &entries[0].kind,
+            entries[0].mode
+        ),
+        (&b"dir"[..], &EntryKind::Dir, 0o750)
+    );
+    let EntryKind::File { offset, size } = entries[1].kind else {
+        panic!("not a file: {:?}", entries[1]);
+    };
+    assert_eq!(&bytes[offset as usize..(offset + size) as usize], b"abc");
+}
+
+#[test]
+fn of_two_long_names_before_one_entry_the_last_wins() {
+    let first = format!("first/{}", "a".repeat(110));
+    let second = format!("second/{}", "b".repeat(110));
+    let mut out = Vec::new();
+    push_long(&mut out, b'L', first.as_bytes());
+    push_long(&mut out, b'L', second.as_bytes());
+    push_long(&mut out, b'K', b"/old/target");
+    push_long(&mut out, b'K', b"/new/target");
+    push(&mut out, &header(b"short", b'2', 0), b"");
+    push(&mut out, &header(b"after", b'0', 2), b"ok");
+    let entries = read(&finish(out)).unwrap();
+    assert_eq!(entries.len(), 2);
+    assert_eq!(entries[0].path, second.as_bytes());
+    assert_eq!(entries[0].link(), Some(&b"/new/target"[..]));
+    assert_eq!(entries[1].path, b"after");
+}
+
+#[test]
+fn a_later_pax_header_replaces_an_earlier_one_whole() {
+    let mut out = Vec::new();
+    push_pax(
+        &mut out,
+        &[("path", b"from/the/first"), ("SCHILY.xattr.user.a", b"1")],
+    );
+    push_pax(&mut out, &[("uid", b"7")]);
+    push(&mut out, &header(b"hdr", b'0', 0), b"");
+    let entries = read(&finish(out)).unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].path, b"hdr");
+    assert_eq!(entries[0].uid, 7);
+    assert!(entries[0].xattrs.is_empty(), "{:?}", entries[0].xattrs);
+}
+
+#[test]
+fn extension_headers_with_no_entry_after_them_describe_nothing() {
+    let mut out = Vec::new();
+    push_pax(&mut out, &[("path", b"nothing")]);
+    assert_eq!(read(&finish(out.clone())).unwrap(), []);
+    // Without the end-of-archive blocks too.
+    push_long(&mut out, b'L', b"nothing/either");
+    assert_eq!(read(&out).unwrap(), []);
+}
+
+#[test]
+fn pax_records_with_a_nul_in_the_key_or_an_empty_key_are_refused() {
+    for (key, needle) in [
+        (
+            "SCHILY.xattr.user.a\0b",
+            "`SCHILY.xattr.user.a\\x00b` holds a NUL byte",
+        ),
+        ("", "empty key"),
+    ] {
+        let mut out = Vec::new();
+        push_pax(&mut out, &[(key, b"v")]);
+        push(&mut out, &header(b"f", b'0', 0), b"");
+        let msg = refused(finish(out));
+        assert!(msg.contains(needle), "{msg}");
+    }
+    let mut out = Vec::new();
+    push_pax(&mut out, &[("path", b"a\0b")]);
+    push(&mut out, &header(b"f", b'0', 0), b"");
+    let msg = refused(finish(out));
+    assert!(msg.contains("`path` holds a NUL byte"), "{msg}");
+}
+
+#[test]
+fn an_empty_pax_value_keeps_the_header_field() {
+    let mut out = Vec::new();
+    push_pax(&mut out, &[("path", b""), ("size", b""), ("uid", b"")]);
+    let mut h = header(b"kept", b'0', 2);
+    h.set_uid(9);
+    h.set_cksum();
+    push(&mut out, &h, b"ok");
+    let entries = read(&finish(out)).unwrap();
+    assert_eq!(
+        (
+            entries[0].path.as_slice(),
+            entries[0].size(),
+            entries[0].uid
+        ),
+        (&b"kept"[..], 2, 9)
+    );
+}
+
+#[test]
+fn base_256_fields_count_whole() {
+    // 2^64 + 5: a reader of the last eight bytes alone sees 5.
+    let mut h = header(b"big", b'0', 0);
+    let size = &mut h.as_old_mut().size;
+    *size = [0; 12];
+    size[0] = 0x80;
+    size[3] = 1;
+    size[11] = 5;
+    h.set_cksum();
+    let mut out = Vec::new();
+    push(&mut out, &h, b"12345");
+    let msg = refused(finish(out));
+    assert!(
+        msg.contains("`big`") && msg.contains("absurd size"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn signed_header_checksums_are_accepted() {
+    // Old writers summed the header as signed bytes; a name byte >= 0x80 makes it differ.
+    let mut h = header("caf\u{e9}".as_bytes(), b'0', 0);
+    let sum: i64 = h
+        .as_bytes()
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            if (148..156).contains(&i) {
+                i64::from(b' ')
+            } else {
+                i64::from(b as i8)
+            }
+        })
+        .sum();
+    h.as_old_mut().cksum = *format!("{sum:06o}\0 ").as_bytes().first_chunk().unwrap();
+    let mut out = Vec::new();
+    push(&mut out, &h, b"");
+    assert_eq!(read(&finish(out)).unwrap()[0].path, "caf\u{e9}".as_bytes());
 }

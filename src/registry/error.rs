@@ -17,6 +17,16 @@ pub enum RegistryError {
     )]
     Tls { host: String, detail: String },
 
+    #[error(
+        "TLS handshake with {host} failed: its certificate is a CA certificate (CA:TRUE, which \
+         `openssl req -x509` writes unless told otherwise), and a CA cannot also be the server's \
+         own certificate, trusted or not. Make a CA and a server certificate signed by it \
+         (CA:FALSE, the registry's name or IP in subjectAltName; README.md, Registries and \
+         credentials, shows how), serve the server certificate and put the CA in \
+         /etc/containers/certs.d/{host}/ca.crt; or pass --insecure"
+    )]
+    TlsCaAsServerCert { host: String },
+
     #[error("registry {host} did not answer within {timeout:?} ({what})")]
     Timeout {
         host: String,
@@ -125,6 +135,16 @@ pub enum RegistryError {
         available: Vec<String>,
     },
 
+    #[error(
+        "{reference} is a single-platform image for {offered}, not {wanted}: drop --platform \
+         {wanted} to use it as it is, or name an image (or index) built for {wanted}"
+    )]
+    SinglePlatformMismatch {
+        reference: String,
+        wanted: String,
+        offered: String,
+    },
+
     #[error("invalid --platform {0:?}: expected OS/ARCH or OS/ARCH/VARIANT, e.g. linux/arm64/v8")]
     BadPlatform(String),
 
@@ -144,6 +164,23 @@ fn detail_suffix(detail: &str) -> String {
 }
 
 impl RegistryError {
+    /// A failed TLS handshake, with its own advice for a CA certificate served as the server's.
+    pub(super) fn tls(host: String, detail: String, error: &rustls::Error) -> Self {
+        let ca_as_server = matches!(
+            error,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))
+                if matches!(
+                    other.0.downcast_ref::<webpki::Error>(),
+                    Some(webpki::Error::CaUsedAsEndEntity)
+                )
+        );
+        if ca_as_server {
+            Self::TlsCaAsServerCert { host }
+        } else {
+            Self::Tls { host, detail }
+        }
+    }
+
     /// Whether trying the same request again may succeed (network trouble,
     /// overload), as opposed to an answer that will not change.
     pub fn is_transient(&self) -> bool {

@@ -137,7 +137,7 @@ impl Platform {
     /// Whether an index entry for `offered` serves a request for `self`. A
     /// missing variant on either side matches, except that arm64's implicit
     /// variant is v8.
-    fn accepts(&self, offered: &Platform) -> bool {
+    pub(super) fn accepts(&self, offered: &Platform) -> bool {
         if self.os != offered.os || self.architecture != offered.architecture {
             return false;
         }

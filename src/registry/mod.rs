@@ -151,11 +151,26 @@ impl RegistryClient {
                 })
             })
             .collect::<Result<Vec<_>, RegistryError>>()?;
-        let platform = chosen.take().unwrap_or_else(|| Platform {
-            os: config.os().to_string(),
-            architecture: config.architecture().to_string(),
-            variant: config.variant().clone().filter(|v| !v.is_empty()),
-        });
+        let platform = match chosen.take() {
+            Some(chosen) => chosen,
+            None => {
+                let offered = Platform {
+                    os: config.os().to_string(),
+                    architecture: config.architecture().to_string(),
+                    variant: config.variant().clone().filter(|v| !v.is_empty()),
+                };
+                // Refused rather than warned about: a mount of another platform's binaries
+                // fails only later, inside the container, with "exec format error".
+                if let Some(wanted) = platform.filter(|w| !w.accepts(&offered)) {
+                    return Err(RegistryError::SinglePlatformMismatch {
+                        reference: name,
+                        wanted: wanted.to_string(),
+                        offered: offered.to_string(),
+                    });
+                }
+                offered
+            }
+        };
         Ok(ResolvedImage {
             reference: name,
             digest,

@@ -413,8 +413,8 @@ impl Transport {
                 None => h.to_string(),
             },
         );
-        if is_tls_error(&e) {
-            RegistryError::Tls { host, detail }
+        if let Some(tls) = tls_error(&e) {
+            RegistryError::tls(host, detail, tls)
         } else if e.is_timeout() {
             RegistryError::Timeout {
                 host,
@@ -556,7 +556,7 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cur.to_string()
 }
 
-fn is_tls_error(e: &(dyn std::error::Error + 'static)) -> bool {
+fn tls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
     let mut cur = Some(e);
     while let Some(err) = cur {
         // rustls errors arrive wrapped in one or more io::Errors, whose
@@ -568,12 +568,12 @@ fn is_tls_error(e: &(dyn std::error::Error + 'static)) -> bool {
         {
             inner = next;
         }
-        if inner.is::<rustls::Error>() {
-            return true;
+        if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+            return Some(tls);
         }
         cur = err.source();
     }
-    false
+    None
 }
 
 fn client_error(host: &str, e: impl std::fmt::Display) -> RegistryError {

@@ -160,6 +160,32 @@ impl Ca {
     }
 }
 
+/// `<name>.crt` / `<name>.key` in `dir`: a certificate for `sans` signed by its own key, as
+/// `openssl req -x509` makes it with the distribution's defaults, which mark it a CA (CA:TRUE).
+pub fn self_signed(dir: &Path, name: &str, sans: &[&str]) -> Issued {
+    let key = genkey(dir, name, KeyKind::Ec);
+    let cert = dir.join(format!("{name}.crt"));
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            path_str(&key),
+            "-out",
+            path_str(&cert),
+            "-days",
+            "3",
+            "-subj",
+            &format!("/CN={name}"),
+            "-addext",
+            &format!("subjectAltName={}", sans.join(",")),
+        ],
+    );
+    Issued { cert, key }
+}
+
 /// DER bytes of the first certificate of a PEM file.
 pub fn cert_der(pem: &Path) -> Vec<u8> {
     let out = Command::new("openssl")

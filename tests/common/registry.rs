@@ -14,7 +14,7 @@ use base64::engine::general_purpose::STANDARD;
 use lazypull::digest::Digest;
 use tempfile::TempDir;
 
-use super::pki::{Ca, KeyKind};
+use super::pki::{self, Ca, KeyKind};
 use super::token::{self, TokenOptions, TokenServer};
 
 const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
@@ -36,6 +36,8 @@ pub enum Variant {
     Plain,
     /// HTTPS with a certificate for 127.0.0.1/localhost from a test CA.
     Tls,
+    /// HTTPS with a self-signed certificate for 127.0.0.1/localhost that is its own CA.
+    TlsSelfSigned,
     /// HTTP with Basic authentication (bcrypt htpasswd file).
     Htpasswd { user: String, password: String },
     /// HTTP with Bearer tokens from an in-process [`TokenServer`].
@@ -83,6 +85,11 @@ impl TestRegistry {
                 authority.issue("server", KeyKind::Ec, &["IP:127.0.0.1", "DNS:localhost"]);
                 ca = Some(authority.cert);
             }
+            Variant::TlsSelfSigned => {
+                let cert =
+                    pki::self_signed(dir.path(), "server", &["IP:127.0.0.1", "DNS:localhost"]);
+                ca = Some(cert.cert);
+            }
             Variant::Htpasswd { user, password } => {
                 let out = Command::new("htpasswd")
                     .args(["-Bbn", user, password])
@@ -103,7 +110,11 @@ impl TestRegistry {
             }
         }
         let mut client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(60));
-        if let Some(ca) = &ca {
+        if matches!(variant, Variant::TlsSelfSigned) {
+            // rustls refuses a CA as a server certificate, trusted or not; the harness only
+            // pushes through it.
+            client = client.danger_accept_invalid_certs(true);
+        } else if let Some(ca) = &ca {
             let pem = fs::read(ca).unwrap();
             client = client.add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap());
         }
@@ -139,7 +150,7 @@ impl TestRegistry {
         );
         match &self.variant {
             Variant::Plain => {}
-            Variant::Tls => cfg.push_str(&format!(
+            Variant::Tls | Variant::TlsSelfSigned => cfg.push_str(&format!(
                 "  tls:\n    certificate: {}\n    key: {}\n",
                 root.join("server.crt").display(),
                 root.join("server.key").display()
@@ -292,9 +303,10 @@ impl TestRegistry {
             .join("data")
     }
 
-    /// PEM file of the CA that signed the TLS certificate; panics unless [`Variant::Tls`].
+    /// PEM file of the CA that signed the TLS certificate (the certificate itself for
+    /// [`Variant::TlsSelfSigned`]); panics for the variants without TLS.
     pub fn ca_pem_path(&self) -> &Path {
-        self.ca.as_deref().expect("only Variant::Tls has a CA")
+        self.ca.as_deref().expect("only the TLS variants have a CA")
     }
 
     /// Writes the CA where rootless containers tools look for it under `home`:
@@ -355,7 +367,7 @@ impl TestRegistry {
                 "Bearer {}",
                 self.token.as_ref().unwrap().mint(repo, &["pull", "push"])
             )),
-            Variant::Plain | Variant::Tls => None,
+            Variant::Plain | Variant::Tls | Variant::TlsSelfSigned => None,
         }
     }
 

@@ -89,6 +89,26 @@ impl TarBuilder {
         self.out.append(&h, body.as_slice()).unwrap();
     }
 
+    /// Writes the queued PAX records now as a header of their own, so that another extension
+    /// header (or nothing at all) can follow before the entry they describe.
+    pub fn pax_header(mut self) -> Self {
+        self.flush_pax();
+        self
+    }
+
+    /// A GNU long-name (`EntryType::GNULongName`) or long-link (`GNULongLink`) header on its
+    /// own: it names the next entry, or that entry's link target.
+    pub fn gnu_long(mut self, kind: EntryType, name: &str) -> Self {
+        self.flush_pax();
+        let mut data = name.as_bytes().to_vec();
+        data.push(0);
+        let mut h = header(kind, 0o644, 0, 0, data.len() as u64);
+        h.set_path("././@LongLink").unwrap();
+        h.set_cksum();
+        self.out.append(&h, data.as_slice()).unwrap();
+        self
+    }
+
     /// Appends an entry through the tar crate, which checks the path and writes
     /// GNU long-name records when needed.
     fn entry(mut self, mut h: Header, path: &str, link: Option<&str>, data: &[u8]) -> Self {
