@@ -115,8 +115,17 @@ fn toc_lists_the_layers_entries_and_its_chunks_hold_their_bytes() {
         assert!(chunk.compressed_offset < chunk.compressed_end);
         assert!(chunk.compressed_end <= index.toc_offset);
         let member = &layer.blob[chunk.compressed_offset as usize..chunk.compressed_end as usize];
+        // The range starts with the chunk's member; what follows it up to the next chunk's
+        // start are whole members of tar headers (the writer may close one after a file).
         let mut inflated = Vec::new();
-        GzDecoder::new(member).read_to_end(&mut inflated).unwrap();
+        let mut decoder = flate2::bufread::GzDecoder::new(member);
+        decoder.read_to_end(&mut inflated).unwrap();
+        let rest = decoder.into_inner();
+        if !rest.is_empty() {
+            let mut headers = Vec::new();
+            MultiGzDecoder::new(rest).read_to_end(&mut headers).unwrap();
+            assert_eq!(headers.len() % 512, 0, "{chunk:?}");
+        }
         let start = chunk.inner_offset as usize;
         let bytes = &inflated[start..start + chunk.size as usize];
         assert_eq!(Digest::of(bytes), chunk.digest);

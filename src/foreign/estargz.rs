@@ -236,7 +236,3 @@ fn toc_json(tar_bytes: &[u8]) -> Result<&[u8], EstargzError> {
 pub fn decode_chunk(chunk: &Chunk, compressed: &[u8]) -> Result<Vec<u8>, ChunkError> {
     chunk.take_verified(GzDecoder::new(compressed), compressed)
 }
-
-#[cfg(test)]
-#[path = "estargz_tests.rs"]
-mod tests;

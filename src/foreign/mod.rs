@@ -86,10 +86,11 @@ pub struct Chunk {
     pub size: u64,
     /// Where its gzip member or zstd frame starts in the blob.
     pub compressed_offset: u64,
-    /// Where that member or frame ends: the compressed bytes to fetch are
-    /// `compressed_offset..compressed_end`. Neither format stores it: it is the next chunk's
-    /// start (or the TOC's) for eStargz, the next frame's or the file's `endOffset` for
-    /// zstd:chunked.
+    /// Where the compressed bytes to fetch end: `compressed_offset..compressed_end` holds the
+    /// member or frame. Neither format stores it. zstd:chunked: the file's next frame starts
+    /// there (or its `endOffset` is there), so the frame ends exactly there. eStargz: the next
+    /// chunk starts there (or the TOC), and the member may end earlier: the writer may start
+    /// another member for the tar headers in between, which decoding the chunk never reads.
     pub compressed_end: u64,
     /// Uncompressed bytes to skip after decoding from `compressed_offset` (eStargz
     /// `innerOffset`: several small files may share one member); 0 elsewhere.

@@ -384,3 +384,7 @@ pub(super) fn parse_time(text: &str) -> Result<Mtime, String> {
         nsec: time.nanosecond(),
     })
 }
+
+#[cfg(test)]
+#[path = "toc_tests.rs"]
+mod tests;

@@ -266,7 +266,3 @@ pub fn decode_chunk(chunk: &Chunk, compressed: &[u8]) -> Result<Vec<u8>, ChunkEr
         })?;
     chunk.take_verified(decoder, compressed)
 }
-
-#[cfg(test)]
-#[path = "zstd_chunked_tests.rs"]
-mod tests;

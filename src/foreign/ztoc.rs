@@ -374,7 +374,3 @@ fn check_checkpoints(
     }
     Ok(())
 }
-
-#[cfg(test)]
-#[path = "ztoc_tests.rs"]
-mod tests;
