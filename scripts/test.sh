@@ -16,7 +16,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 ensure_packages docker-registry skopeo umoci fuse3 apache2-utils openssl runc busybox-static jq \
-    curl ca-certificates gcc libc6-dev debootstrap golang-1.19-go golang-1.19-src bzip2
+    curl ca-certificates gcc libc6-dev debootstrap golang-1.19-go golang-1.19-src bzip2 \
+    containerd stargz-snapshotter flatbuffers-compiler zstd
 
 # The package starts a registry service on :5000. Tests start registries of their own on free
 # ports, so it is only in the way: stop it and keep it from starting at boot.

@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod cold;
 pub mod debian;
+pub mod foreign;
 pub mod image;
 pub mod mount;
 pub mod pki;
