@@ -12,7 +12,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # libc6-dev link Rust binaries and build zstd's bundled C sources. debootstrap builds the
 # Debian image of tests/debian.rs (from the mirror in this machine's apt sources, once: the
 # build is kept in /var/tmp/lazypull-test-debian). tests/tar_corpus.rs reads Go's tar test corpus
-# (golang-1.19-src, one file of it bzip2ed) with Go's own reader (golang-1.19-go).
+# (golang-1.19-src, one file of it bzip2ed) with Go's own reader (golang-1.19-go). The foreign
+# index tests make eStargz layers with ctr-remote (stargz-snapshotter) against a containerd of
+# their own, zstd:chunked ones with skopeo, and encode SOCI zTOCs with flatc.
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 ensure_packages docker-registry skopeo umoci fuse3 apache2-utils openssl runc busybox-static jq \
