@@ -182,6 +182,8 @@ impl CacheDir {
         })
     }
 
+    /// Another handle on the same cache (its layout made again if parts of
+    /// it were removed behind its back).
     pub fn reopen(&self) -> Result<Self, CacheError> {
         Self::open(&self.root)
     }
@@ -372,7 +374,6 @@ impl CacheDir {
     }
 }
 
-/// How the private chunk files of `layer` are named, before the pid.
 /// How the private chunk files of `layer` are named, before the pid.
 pub fn private_prefix(layer: &Digest) -> String {
     format!("{}.pid", layer.hex())
