@@ -200,7 +200,8 @@ fn temp_files(cache: &Path) -> Vec<PathBuf> {
 }
 
 /// `cache prune --all` while a first mount downloads its layer into `tmp/`: the temporary
-/// blob is kept (and said so), and the mount comes up with right bytes.
+/// blob is kept (and said so: it is in use, not merely new), and the mount comes up with
+/// right bytes.
 #[test]
 fn prune_all_during_a_first_mount_keeps_its_download() {
     let reg = TestRegistry::start(Variant::Plain);
@@ -209,7 +210,7 @@ fn prune_all_during_a_first_mount_keeps_its_download() {
     let proxy = FaultProxy::start(&reg.base_url());
     let blob = format!("/blobs/{}", image.layers[0].digest);
     // The pass's download stops for a while, then the connection closes and it resumes.
-    proxy.add_rule(Rule::new("GET", &blob, Fault::Stall(Duration::from_secs(4))).nth(1));
+    proxy.add_rule(Rule::new("GET", &blob, Fault::Stall(Duration::from_secs(6))).nth(1));
     let sandbox = Sandbox::new();
     let cache = sandbox.cache();
     let reference = format!("{}/test/first:v1", proxy.host());
@@ -220,11 +221,23 @@ fn prune_all_during_a_first_mount_keeps_its_download() {
             "the first pass wrote nothing to tmp/"
         );
         let temp = temp_files(&cache).remove(0);
+        // Older than what prune spares for being just created: only its lock keeps it.
+        let unchanged_for = || {
+            fs::metadata(&temp)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .unwrap_or_default()
+        };
+        assert!(
+            wait_until(WAIT, || unchanged_for() > Duration::from_secs(3)),
+            "the temporary blob keeps changing"
+        );
         let out = sandbox.ok(&["cache", "prune", "--all"]);
         let name = temp.strip_prefix(&cache).unwrap().display().to_string();
         let line = line_naming(&out, &name)
             .unwrap_or_else(|| panic!("prune does not say it kept {name}:\n{out}"));
-        assert!(line.contains("in use"), "{line}");
+        assert!(line.contains("in use by a running lazypull"), "{line}");
         let mount: Mount = mounting.join().unwrap();
         mount.wait_all_ready();
         assert_eq!(fs::read(mount.join("f")).unwrap(), data);
