@@ -114,7 +114,9 @@ const HTTP_FDS_MAX: usize = 16 + 1 + 3;
 /// The daemon's open descriptors: files by path, and how many belong to the HTTP client.
 /// A layer's data file is one entry whether it is still the chunk file or already the
 /// verified blob: the source swaps when the layer turns ready. A chunk file's journal is
-/// left out: it is open while the layer is fetched and closed once it is ready.
+/// left out: it is open while the layer is fetched and closed once it is ready; so is the
+/// directory of a ready layer's extracted files, held open (one per layer) as the lock that
+/// tells `cache prune` a mount serves them.
 fn open_fds(pid: u32) -> (BTreeMap<String, usize>, usize) {
     let mut files = BTreeMap::new();
     let mut http = 0;
@@ -124,6 +126,12 @@ fn open_fds(pid: u32) -> (BTreeMap<String, usize>, usize) {
             .unwrap_or_default();
         if target.starts_with("socket:") || target.starts_with("anon_inode:") {
             http += 1;
+            continue;
+        }
+        if target
+            .split_once("/files/sha256/")
+            .is_some_and(|(_, rest)| !rest.contains('/'))
+        {
             continue;
         }
         let name = match target.split_once("/blobs/sha256/") {

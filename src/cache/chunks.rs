@@ -19,15 +19,15 @@
 //! flock on the file; a second daemon fetching the same layer meanwhile
 //! gets a private file, and forgets it when it is done.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, TryLockError};
 
 use super::journal::Journal;
-use super::{CacheDir, private_prefix, try_flock};
+use super::{CacheDir, Hold, flock, lock_new, lock_path, private_prefix, remove_unless_held};
 use crate::blob::{BlobReader, CHUNK_SIZE, ChunkSum, RangeSource, chunk_sum, clamp_len};
 use crate::digest::Digest;
 
@@ -92,37 +92,11 @@ fn try_lock(m: &Mutex<Chunk>) -> Option<MutexGuard<'_, Chunk>> {
     }
 }
 
-/// Opens and locks the shared chunk file at `path`, or None if another
-/// daemon holds it.
-fn open_shared(path: &Path) -> io::Result<Option<File>> {
-    loop {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
-        if !try_flock(&file)? {
-            return Ok(None);
-        }
-        // The holder we waited out may have renamed the file into blobs/
-        // (or removed it) meanwhile: the lock must be on what `path` names.
-        let ours = file.metadata()?;
-        match std::fs::metadata(path) {
-            Ok(now) if now.ino() == ours.ino() && now.dev() == ours.dev() => return Ok(Some(file)),
-            Ok(_) => continue,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 /// A new private chunk file, locked before it appears under its name so
 /// [`remove_stale_private`] never takes a live one.
 fn create_private(cache: &CacheDir, layer: &Digest) -> io::Result<(File, PathBuf)> {
     let tmp = tempfile::NamedTempFile::new_in(cache.root().join("tmp"))?;
-    // Nobody else knows the new file: the lock is free.
-    try_flock(tmp.as_file())?;
+    lock_new(tmp.as_file())?;
     let path = cache.private_chunks_path(layer);
     let file = tmp.persist(&path).map_err(|e| e.error)?;
     Ok((file, path))
@@ -140,11 +114,8 @@ fn remove_stale_private(cache: &CacheDir, layer: &Digest) {
         if !entry.file_name().to_string_lossy().starts_with(&prefix) {
             continue;
         }
-        if let Ok(file) = File::open(entry.path())
-            && let Ok(true) = try_flock(&file)
-        {
-            tracing::debug!(path = %entry.path().display(), "removing a dead daemon's chunk file");
-            let _ = std::fs::remove_file(entry.path());
+        if let Ok(Some(_)) = remove_unless_held(&entry.path()) {
+            tracing::debug!(path = %entry.path().display(), "removed a dead daemon's chunk file");
         }
     }
 }
@@ -172,7 +143,10 @@ impl<S: RangeSource> ChunkedBlob<S> {
         }
         let path = cache.chunks_path(layer);
         let mut chunks = vec![Chunk::Missing; count];
-        let (file, path, journal) = match open_shared(&path)? {
+        let mut options = super::private_file();
+        options.read(true).write(true).create(true).truncate(false);
+        let shared = lock_path(&path, &options, Hold::Exclusive, false)?;
+        let (file, path, journal) = match shared {
             Some(file) => {
                 remove_stale_private(cache, layer);
                 let (journal, recorded) = Journal::open(&cache.journal_path(layer), count)?;
@@ -420,15 +394,24 @@ impl<S: RangeSource> ChunkedBlob<S> {
         self.file.sync_all()
     }
 
-    /// Moves the complete, verified file to `dest` in `cache`.
-    pub fn adopt(&self, cache: &CacheDir, dest: &Path) -> Result<(), super::CacheError> {
+    /// Moves the complete, verified file to `dest` in `cache`, and returns
+    /// it open, its lock now shared: the lock of a mount serving the blob,
+    /// which `cache prune` leaves alone.
+    pub fn adopt(&self, cache: &CacheDir, dest: &Path) -> Result<File, super::CacheError> {
         cache.adopt(&self.path, dest)?;
         // After the rename: a crash in between costs a stale journal, not
         // the download.
         if let Some(journal) = &self.journal {
             journal.remove();
         }
-        Ok(())
+        let io_err = |source| super::CacheError::Io {
+            path: dest.to_path_buf(),
+            source,
+        };
+        // A duplicate shares the lock of the file it duplicates.
+        let file = self.file.try_clone().map_err(io_err)?;
+        flock(&file, Hold::Shared, true).map_err(io_err)?;
+        Ok(file)
     }
 
     /// Deletes the file and its journal (the blob failed its check).

@@ -9,7 +9,7 @@
 //! checksum, written in place (never appended blindly), so a torn or short
 //! write damages one slot and the next record overwrites it.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -33,7 +33,7 @@ impl Journal {
     /// Opens the journal at `path` for a blob of `chunks` chunks: the hash
     /// recorded last for each chunk, if any.
     pub fn open(path: &Path, chunks: usize) -> io::Result<(Self, Vec<Option<Hash>>)> {
-        let file = OpenOptions::new()
+        let file = super::private_file()
             .read(true)
             .write(true)
             .create(true)

@@ -48,7 +48,12 @@ impl IndexedImage {
         let (client, image) = registry.resolve(reference)?;
         let cache = cache.open()?;
         let bars = Bars::new(&image);
-        let layers = ensure_indexes(&client, &cache, &image.layers, span, &|i, n| bars.set(i, n));
+        let layers = std::thread::scope(|scope| {
+            // What killed processes left half written (a partial blob can
+            // be large) goes, beside this command's own work.
+            scope.spawn(|| cache.remove_stale_temps());
+            ensure_indexes(&client, &cache, &image.layers, span, &|i, n| bars.set(i, n))
+        });
         bars.clear();
         let layers = layers.map_err(|e| {
             if is_disk_full(&e) {

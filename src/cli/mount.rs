@@ -165,18 +165,7 @@ fn ready_pipe() -> Option<File> {
 /// file, and waits until it says the mount is up or why it is not. Returns
 /// the daemon's pid and log file.
 fn spawn_daemon(cache: &CacheArgs, argv: Vec<OsString>) -> anyhow::Result<(u32, PathBuf)> {
-    let cache = cache.open()?;
-    let logs = cache.root().join("logs");
-    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
-    let log_path = logs.join(format!(
-        "mount-{}.log",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0)
-    ));
-    let log =
-        File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    let (log, log_path) = cache.open()?.new_log("mount")?;
     let mut fds = [0i32; 2];
     // SAFETY: `fds` has room for the two descriptors pipe writes.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -275,10 +264,6 @@ type Started = (fuser::Session<LazyFs>, Arc<dyn Fn() + Send + Sync>);
 
 fn start(args: &MountArgs) -> anyhow::Result<Started> {
     limit_heap_growth();
-    // What a killed daemon left half written (a partial blob can be large)
-    // goes, beside the mount's own work.
-    let cache = args.cache.open()?;
-    std::thread::spawn(move || cache.remove_stale_temps());
     let image = IndexedImage::load(&args.registry, &args.cache, &args.reference, DEFAULT_SPAN)?;
     let tree = Arc::new(image.tree()?);
     let indexes = image.layers.into_iter().map(|(index, _)| index).collect();

@@ -87,11 +87,30 @@ pub fn ensure_index(
     span: u64,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(LayerIndex, Origin), LayerError> {
-    if let Some(index) = LayerIndex::load(cache, &layer.digest)? {
-        if index.diff_id == layer.diff_id {
-            return Ok((index, Origin::Cached));
+    let cached = |first_look: bool| -> Result<Option<LayerIndex>, LayerError> {
+        match LayerIndex::load(cache, &layer.digest)? {
+            Some(index) if index.diff_id == layer.diff_id => Ok(Some(index)),
+            Some(_) if first_look => {
+                tracing::warn!(layer = %layer.digest, "cached index has another diff_id; rebuilding it");
+                Ok(None)
+            }
+            _ => Ok(None),
         }
-        tracing::warn!(layer = %layer.digest, "cached index has another diff_id; rebuilding it");
+    };
+    if let Some(index) = cached(true)? {
+        return Ok((index, Origin::Cached));
+    }
+    // One pass per layer in a cache at a time: a second process (a second
+    // first mount of the image) waits, then takes the index the first one
+    // stored, or does the pass itself if the first one failed or died.
+    let _pass = cache.lock_pass(&layer.digest, || {
+        tracing::warn!(layer = %layer.digest,
+            "another lazypull process is downloading and verifying this layer; waiting for it");
+    })?;
+    // It may also have finished between the look above and the lock.
+    if let Some(index) = cached(false)? {
+        tracing::info!(layer = %layer.digest, "using the index another process stored");
+        return Ok((index, Origin::Cached));
     }
     let compression = Compression::from_media_type(&layer.media_type).ok_or_else(|| {
         LayerError::UnsupportedMediaType {

@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::blob::{BlobReader, FileBlob};
-use crate::cache::CacheDir;
 use crate::cache::chunks::{ChunkMismatch, ChunkedBlob};
 use crate::cache::space::is_disk_full;
 use crate::cache::spans::SpanCache;
+use crate::cache::{CacheDir, hold_shared};
 use crate::layer::index::LayerIndex;
 use crate::layer::{LayerError, verify_layer};
 use crate::registry::{HttpBlob, LayerDescriptor, RegistryClient, RegistryError};
@@ -74,7 +74,7 @@ struct Layer {
     /// Compressed bytes fetched by the background download.
     downloaded: AtomicU64,
     /// The layer's regular files, once extracted from the verified blob.
-    files: RwLock<Option<PathBuf>>,
+    files: RwLock<Option<extract::Extracted>>,
     /// Uncompressed offsets of the seek points the prefetch list added to
     /// the index.
     learned: HashSet<u64>,
@@ -300,7 +300,7 @@ impl Layers {
     pub fn local_file(&self, layer: usize, offset: u64) -> Option<PathBuf> {
         let l = self.layers.get(layer)?;
         let files = l.files.read().unwrap_or_else(lock_err);
-        files.as_deref().map(|dir| extract::file_at(dir, offset))
+        files.as_ref().map(|f| extract::file_at(&f.dir, offset))
     }
 
     fn millis(&self) -> u64 {
@@ -363,9 +363,9 @@ impl Layers {
         }
         let d = &layer.descriptor.digest;
         match extract::extract(cache, &layer.index, &cache.blob_path(d)) {
-            Ok(dir) => {
+            Ok(files) => {
                 tracing::info!(layer = %d, "layer files extracted; reads pass through");
-                *layer.files.write().unwrap_or_else(lock_err) = Some(dir);
+                *layer.files.write().unwrap_or_else(lock_err) = Some(files);
             }
             // Reads keep going through the daemon: slower, still right.
             Err(e) => tracing::warn!(layer = %d, error = %e, "cannot extract the layer's files"),
@@ -453,8 +453,8 @@ impl Layers {
         let d = &layer.descriptor.digest;
         let blob_path = cache.blob_path(d);
         let adopted = result.and_then(|()| {
-            chunks.adopt(cache, &blob_path)?;
-            FileBlob::open(&blob_path).map_err(|source| LayerError::Read {
+            let file = chunks.adopt(cache, &blob_path)?;
+            FileBlob::from_file(file).map_err(|source| LayerError::Read {
                 layer: d.clone(),
                 source,
             })
@@ -487,12 +487,13 @@ impl Layers {
     }
 }
 
-/// The layer's verified blob, if the cache has it. Its presence is proof
-/// enough (see [`crate::cache`]); a size other than the descriptor's means
-/// it was damaged behind the cache's back, and it is fetched again.
+/// The layer's verified blob, if the cache has it, held shared for as long
+/// as the mount serves it (so `cache prune` leaves it). Its presence is
+/// proof enough (see [`crate::cache`]); a size other than the descriptor's
+/// means it was damaged behind the cache's back, and it is fetched again.
 fn local_blob(cache: &CacheDir, descriptor: &LayerDescriptor) -> Option<FileBlob> {
     let path = cache.blob_path(&descriptor.digest);
-    let blob = FileBlob::open(&path).ok()?;
+    let blob = FileBlob::from_file(hold_shared(&path).ok().flatten()?).ok()?;
     if blob.size() == descriptor.size {
         return Some(blob);
     }

@@ -111,12 +111,6 @@ impl Trace {
 
     fn store(&self, cache: &CacheDir, image: &Digest) -> Result<(), CacheError> {
         let path = cache.trace_path(image);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|source| CacheError::Io {
-                path: dir.to_path_buf(),
-                source,
-            })?;
-        }
         let bytes = serde_json::to_vec(self).unwrap_or_default();
         cache.write_atomic(&path, &bytes)
     }

@@ -180,3 +180,18 @@ pub fn refused(hostile: Vec<u8>, needles: &[&str]) -> String {
     );
     err
 }
+
+/// `du -sB1 PATH`: the bytes allocated on disk below `path`; 0 if it is missing.
+pub fn du(path: &Path) -> u64 {
+    if !path.exists() {
+        return 0;
+    }
+    let out = Command::new("du").arg("-sB1").arg(path).output().unwrap();
+    assert!(out.status.success(), "du {path:?} failed");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
