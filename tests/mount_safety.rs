@@ -139,6 +139,25 @@ fn a_second_mount_on_the_same_directory_is_refused() {
     );
     assert_eq!(stacked, 1, "two mounts stacked on {path}");
     assert_eq!(fs::read(mount.join("hello")).unwrap(), b"hello\n");
+
+    // Also when its daemon died (the mount point cannot even be stat'ed).
+    mount.kill();
+    let run = sandbox.run(&[
+        "mount",
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        &reference,
+        &path,
+    ]);
+    assert!(!run.success, "mounted over a dead mount: {}", run.stdout);
+    assert!(
+        run.stderr.contains(&format!(
+            "{path} is already a lazypull mount (of {reference}): run `lazypull umount {path}`"
+        )),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(mounts_at(mount.path()).len(), 1);
     mount.umount();
 }
 
@@ -162,10 +181,14 @@ fn a_cache_directory_inside_the_mount_point_is_refused_before_mounting() {
             !run.success && !mounted,
             "mounted with the cache at {cache:?}"
         );
+        let named = if cache.starts_with(&link) {
+            format!("{} (that is {mnt}/new/cache)", cache.display())
+        } else {
+            cache.display().to_string()
+        };
         assert!(
             run.stderr.contains(&format!(
-                "the cache directory {} is inside the mount point {mnt}",
-                cache.display()
+                "the cache directory {named} is inside the mount point {mnt}"
             )),
             "{}",
             run.stderr

@@ -29,6 +29,11 @@ const END_GRACE: Duration = Duration::from_secs(3);
 /// the mount point (the daemon would wait on its own mount).
 pub(super) fn preflight(mountpoint: &Path, cache_flag: Option<&Path>) -> anyhow::Result<()> {
     if !mountpoint.is_dir() {
+        // A lazypull mount whose daemon died cannot be stat'ed: name it as
+        // what it is.
+        if let Err(e @ MountError::AlreadyMounted { .. }) = session::refuse_stacking(mountpoint) {
+            return Err(e.into());
+        }
         bail!(
             "mount point {} is not an existing directory",
             mountpoint.display()
@@ -36,15 +41,12 @@ pub(super) fn preflight(mountpoint: &Path, cache_flag: Option<&Path>) -> anyhow:
     }
     session::refuse_stacking(mountpoint)?;
     let cache = CacheDir::default_root(cache_flag)?;
-    let inside = |dir: &Path| -> anyhow::Result<bool> {
-        let mount = mountpoint
-            .canonicalize()
-            .with_context(|| format!("resolving {}", mountpoint.display()))?;
-        Ok(resolve_as_far_as_it_exists(dir)
-            .with_context(|| format!("resolving the cache directory {}", dir.display()))?
-            .starts_with(mount))
-    };
-    if inside(&cache)? {
+    let mount = mountpoint
+        .canonicalize()
+        .with_context(|| format!("resolving {}", mountpoint.display()))?;
+    let resolved = resolve_as_far_as_it_exists(&cache)
+        .with_context(|| format!("resolving the cache directory {}", cache.display()))?;
+    if resolved.starts_with(&mount) {
         let which = if cache_flag.is_some() {
             "the cache directory"
         } else {
@@ -53,12 +55,21 @@ pub(super) fn preflight(mountpoint: &Path, cache_flag: Option<&Path>) -> anyhow:
         bail!(
             "{which} {} is inside the mount point {}: the daemon would wait on its own mount; \
              give a --cache-dir outside {}",
-            cache.display(),
-            mountpoint.display(),
-            mountpoint.display()
+            as_given_and_resolved(&cache, &resolved),
+            as_given_and_resolved(mountpoint, &mount),
+            mount.display()
         );
     }
     Ok(())
+}
+
+/// `path`, and what it resolves to when that reads differently.
+fn as_given_and_resolved(path: &Path, resolved: &Path) -> String {
+    if path == resolved {
+        path.display().to_string()
+    } else {
+        format!("{} (that is {})", path.display(), resolved.display())
+    }
 }
 
 /// `path` with symlinks resolved as far as it exists; a directory that does
