@@ -303,3 +303,61 @@ fn a_missing_or_unusable_fuse_device_is_named() {
         run.stderr
     );
 }
+
+#[test]
+fn a_user_mounts_reads_and_unmounts_through_fusermount3() {
+    let reg = TestRegistry::start(Variant::Plain);
+    let reference = hostile_image(&reg);
+    let public = public_dir();
+    let [mnt, cache, home, dev] = ["mnt", "cache", "home", "dev"].map(|d| public.path().join(d));
+    for dir in [&mnt, &cache, &home] {
+        fs::create_dir(dir).unwrap();
+        std::os::unix::fs::chown(dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    fs::create_dir(&dev).unwrap();
+    // This machine's /dev/fuse may be root's only: in a mount namespace of its own, nobody
+    // gets one it may open, as a stock Debian has it (0666).
+    let script = r#"
+        mount -t tmpfs -o mode=755 lazypull-dev "$DEV"
+        mknod -m 666 "$DEV/fuse" c 10 229
+        mount --bind "$DEV/fuse" /dev/fuse
+        user() { setpriv --reuid=65534 --regid=65534 --clear-groups env HOME="$HOME_DIR" "$@"; }
+        if user "$LP" mount --suid --cache-dir "$CACHE" "$REF" "$MNT" 2>&1; then echo "suid: mounted"; fi
+        user "$LP" mount --cache-dir "$CACHE" "$REF" "$MNT"
+        echo "hello: $(user cat "$MNT/hello")"
+        echo "euid: $(user "$MNT/bin/euid")"
+        echo "options: $(awk -v m="$MNT" '$5 == m {print $6}' /proc/self/mountinfo)"
+        user "$LP" status "$MNT" >/dev/null && echo "status: ok"
+        user "$LP" umount "$MNT"
+        echo "mounts after umount: $(awk -v m="$MNT" '$5 == m' /proc/self/mountinfo | wc -l)"
+    "#;
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-m", "--propagation", "private", "sh", "-ec", script])
+        .env("LP", env!("CARGO_BIN_EXE_lazypull"))
+        .env("REF", &reference)
+        .env("MNT", &mnt)
+        .env("CACHE", &cache)
+        .env("HOME_DIR", &home)
+        .env("DEV", &dev);
+    let run = run_within_a_minute(cmd);
+    assert!(run.success, "{}\n{}", run.stdout, run.stderr);
+    let lines: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| !l.starts_with("mounted "))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "lazypull: error: --suid needs root (fusermount3 mounts for other users only with \
+             nosuid and nodev)",
+            "hello: hello",
+            &format!("euid: {NOBODY}"),
+            "options: ro,nosuid,nodev,relatime",
+            "status: ok",
+            "mounts after umount: 0",
+        ],
+        "{}",
+        run.stderr
+    );
+}
