@@ -72,8 +72,25 @@ fn assert_v2_serves(sandbox: &Sandbox, path: &Path, pid: u32) {
     assert_eq!(status["pid"].as_u64(), Some(u64::from(pid)));
 }
 
+/// How the old daemon of a mount another namespace holds comes to its end.
+enum End {
+    /// The namespace goes, and with it the old daemon's session.
+    NamespaceGoes,
+    /// SIGTERM, as `kill` or a service manager sends: the daemon unmounts only its own mount.
+    Sigterm,
+}
+
 #[test]
 fn a_daemon_kept_alive_by_another_mount_namespace_leaves_a_newer_mount_alone() {
+    old_daemon_of_another_namespace(End::NamespaceGoes);
+}
+
+#[test]
+fn a_signalled_daemon_kept_alive_by_another_mount_namespace_leaves_a_newer_mount_alone() {
+    old_daemon_of_another_namespace(End::Sigterm);
+}
+
+fn old_daemon_of_another_namespace(end: End) {
     let reg = TestRegistry::start(Variant::Plain);
     let (v1, v2, _) = two_versions(&reg);
     let sandbox = Sandbox::new();
@@ -112,16 +129,27 @@ fn a_daemon_kept_alive_by_another_mount_namespace_leaves_a_newer_mount_alone() {
 
     let new = sandbox.mount_at(&mountpoint, &v2, &[]);
     assert_v2_serves(&sandbox, &mountpoint, new.pid());
-    // The namespace goes, and with it the old daemon's session.
-    for child in reaper.children.iter_mut() {
-        child.kill().unwrap();
-        child.wait().unwrap();
+    match end {
+        End::NamespaceGoes => {
+            for child in reaper.children.iter_mut() {
+                child.kill().unwrap();
+                child.wait().unwrap();
+            }
+        }
+        End::Sigterm => {
+            // SAFETY: kill has no memory preconditions; the pid is the daemon this test started.
+            assert_eq!(
+                unsafe { libc::kill(old_pid as libc::pid_t, libc::SIGTERM) },
+                0
+            );
+        }
     }
-    assert!(
-        wait_until(Duration::from_secs(20), || !pid_alive(old_pid)),
-        "the old daemon outlived its session"
-    );
+    // Whatever the old daemon does as it ends, the newer mount stays.
+    let ended = wait_until(Duration::from_secs(20), || {
+        !pid_alive(old_pid) || mounts_at(&mountpoint).len() != 1
+    });
     assert_v2_serves(&sandbox, &mountpoint, new.pid());
+    assert!(ended && !pid_alive(old_pid), "the old daemon never exited");
     new.umount();
 }
 
@@ -134,30 +162,43 @@ fn a_daemon_held_up_by_a_slow_registry_leaves_a_newer_mount_alone() {
     sandbox.prune_blobs();
     let proxy = FaultProxy::start(&reg.base_url());
     let lazy_v1 = v1.replace(&reg.host(), proxy.host());
-    // The background download waits on a registry that sends nothing.
+    // A registry that sends nothing: to the background download, and to reads.
     hold_background(&proxy, &pushed_v1, Fault::Stall(FOREVER));
+    proxy.add_rule(Rule::new("GET", "/blobs/", Fault::Stall(FOREVER)).with_range(true));
     let mountpoint = sandbox.mountpoint("mnt");
     let mut reaper = Reaper::default();
-    let old = sandbox.mount_at(&mountpoint, &lazy_v1, &[]);
-    assert_eq!(fs::read(old.join("version")).unwrap(), b"v1");
-    assert!(
-        wait_until(Duration::from_secs(20), || !proxy
-            .requests("GET", &format!("/blobs/{}", pushed_v1.layers[0].digest))
+    let old = sandbox.mount_at(&mountpoint, &lazy_v1, &["--timeout", "3"]);
+    // A cold read waits on the registry; its reader is killed, the daemon's read
+    // goes on until the registry answers.
+    let mut reader = Command::new("cat")
+        .arg(old.join("data"))
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let reading = || {
+        proxy
+            .requests("GET", "/blobs/")
             .iter()
-            .all(|e| e.fault.is_none())),
-        "the background download never started"
+            .any(|e| e.fault.is_some() && e.range.as_deref().is_some_and(|r| !r.ends_with('-')))
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), reading),
+        "the read never reached the registry"
     );
+    reader.kill().unwrap();
+    reader.wait().unwrap();
     let old_pid = old.release();
     reaper.pids.push(old_pid);
     let umount = sandbox.run(&["umount", mountpoint.to_str().unwrap()]);
     assert!(umount.success, "{}", umount.stderr);
+    assert!(!is_mounted(&mountpoint));
 
     let new = sandbox.mount_at(&mountpoint, &v2, &[]);
     assert_v2_serves(&sandbox, &mountpoint, new.pid());
-    // The registry answers again: the old daemon finishes what it was doing and exits.
+    // The registry answers again: the old daemon's read finishes, and the daemon exits.
     proxy.clear_rules();
     assert!(
-        wait_until(Duration::from_secs(30), || !pid_alive(old_pid)),
+        wait_until(Duration::from_secs(60), || !pid_alive(old_pid)),
         "the old daemon never exited"
     );
     assert_v2_serves(&sandbox, &mountpoint, new.pid());
