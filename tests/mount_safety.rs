@@ -140,25 +140,31 @@ fn a_second_mount_on_the_same_directory_is_refused() {
     assert_eq!(stacked, 1, "two mounts stacked on {path}");
     assert_eq!(fs::read(mount.join("hello")).unwrap(), b"hello\n");
 
-    // Also when its daemon died (the mount point cannot even be stat'ed).
-    mount.kill();
+    mount.umount();
+
+    // Also when its daemon died: a mount point nothing stat'ed while the daemon lived
+    // cannot be stat'ed at all.
+    let dead = sandbox.mount_at(&sandbox.mountpoint("dead"), &reference, &[]);
+    dead.kill();
+    let dead_path = dead.path().to_str().unwrap();
     let run = sandbox.run(&[
         "mount",
         "--cache-dir",
         cache.to_str().unwrap(),
         &reference,
-        &path,
+        dead_path,
     ]);
     assert!(!run.success, "mounted over a dead mount: {}", run.stdout);
     assert!(
         run.stderr.contains(&format!(
-            "{path} is already a lazypull mount (of {reference}): run `lazypull umount {path}`"
+            "{dead_path} is already a lazypull mount (of {reference}): run `lazypull umount \
+             {dead_path}`"
         )),
         "{}",
         run.stderr
     );
-    assert_eq!(mounts_at(mount.path()).len(), 1);
-    mount.umount();
+    assert_eq!(mounts_at(dead.path()).len(), 1);
+    dead.umount();
 }
 
 #[test]
