@@ -727,6 +727,40 @@ fn waits_out_429_retry_after() {
 }
 
 #[test]
+fn a_manifest_that_trickles_in_fails_within_the_timeout() {
+    let (_reg, proxy, pushed) = plain_behind_proxy();
+    // A byte every quarter second: never a stall of 2 s, and minutes for the whole manifest.
+    let rate = 4;
+    assert!(pushed.manifest.len() as u64 / rate > 60);
+    proxy.add_rule(Rule::new(
+        "GET",
+        "/manifests/",
+        Fault::Drip {
+            bytes_per_sec: rate,
+        },
+    ));
+    let run = Cli::new().run(&[
+        "inspect",
+        "--timeout",
+        "2",
+        "--retries",
+        "1",
+        &reference(proxy.host(), "v1"),
+    ]);
+    let error = run.error();
+    assert!(
+        error.contains(&format!(
+            "registry {} did not send the whole manifest body within 2s",
+            proxy.host()
+        )) && error.contains("--timeout"),
+        "{error}"
+    );
+    // Two attempts of at most 2 s each, and a backoff: far from the minutes of the drip.
+    assert!(run.elapsed < Duration::from_secs(30), "{:?}", run.elapsed);
+    assert_eq!(proxy.requests("GET", "/manifests/").len(), 2);
+}
+
+#[test]
 fn config_redirected_to_storage_without_credentials() {
     let reg = TestRegistry::start(htpasswd());
     let pushed = image::push_image(&reg, REPO, "v1", &image("redirect", &[Compression::Gzip]));
@@ -874,7 +908,11 @@ fn stalled_registry_times_out() {
     ]);
     let err = run.error();
     assert!(err.contains(proxy.host()), "{err}");
-    assert!(err.contains("did not answer within"), "{err}");
+    // Headers came, the body did not: metadata has to arrive whole within --timeout.
+    assert!(
+        err.contains("did not send the whole manifest body within 1s (it stalled"),
+        "{err}"
+    );
     assert!(run.elapsed < Duration::from_secs(10), "{:?}", run.elapsed);
 }
 

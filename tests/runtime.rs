@@ -5,7 +5,7 @@ mod common;
 
 use std::fs;
 use std::io::{Read, Write};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::image::{self, Compression, ImageSpec, host_arch};
 use common::registry::{TestRegistry, Variant};
+use common::setuid::{as_nobody, euid_program};
 use common::tarball::TarBuilder;
 use serde_json::Value;
 use tempfile::TempDir;
@@ -417,6 +418,64 @@ fn container_writes_land_in_the_upper_directory_only() {
     let out = output(w.lazypull("unbundle", &["--remove", b]), None);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(!bundle.exists());
+}
+
+#[test]
+fn a_bundle_is_out_of_other_users_reach_and_its_container_runs() {
+    let w = World::new();
+    // Where every user can traverse (the world's directory is private otherwise).
+    fs::set_permissions(w.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let mut spec = busybox_image(&["euid"]);
+    let rootsh = TarBuilder::new()
+        .dir("usr", 0o755)
+        .dir("usr/local", 0o755)
+        .dir("usr/local/bin", 0o755)
+        .file("usr/local/bin/euid", euid_program(), 0o4755)
+        .build();
+    spec.layers.push((rootsh, Compression::Gzip));
+    let reference = w.push("test/rootsh", &spec);
+    let bundle = w.path("bundle");
+    let b = bundle.to_str().unwrap();
+    let out = output(w.lazypull("bundle", &[&reference, b]), None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let meta = fs::metadata(&bundle).unwrap();
+    assert_eq!((meta.mode() & 0o7777, meta.uid()), (0o700, 0));
+    // The overlay honours setuid bits (for the container): no host user may reach it.
+    for program in ["rootfs", "image"].map(|m| bundle.join(m).join("usr/local/bin/euid")) {
+        let out = as_nobody(&program, &[]);
+        assert!(
+            !out.status.success() && text(&out.stderr).contains("Permission denied"),
+            "nobody ran {program:?}: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
+    let name = w.container("lazypull-private-test");
+    let mut runc = Command::new("runc");
+    runc.args(["run", "--bundle", b, &name])
+        .stdin(Stdio::null());
+    let out = output(runc, None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "0\n");
+    let out = output(w.lazypull("unbundle", &["--remove", b]), None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // An empty directory of another user is refused: its owner could open it to everyone.
+    let theirs = w.path("theirs");
+    fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    let out = output(
+        w.lazypull("bundle", &[&reference, theirs.to_str().unwrap()]),
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains(&format!("{} belongs to uid 65534", theirs.display())),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(fs::read_dir(&theirs).unwrap().count(), 0);
+    assert_eq!(w.mounts(), Vec::<PathBuf>::new());
 }
 
 #[test]

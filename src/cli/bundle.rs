@@ -2,6 +2,7 @@
 //! a writable overlay over a lazypull mount.
 
 use std::io::IsTerminal;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -107,9 +108,11 @@ fn check_platform(image: &ResolvedImage) -> anyhow::Result<()> {
 }
 
 /// Refuses a non-empty directory; creates a missing one. Returns whether it
-/// created it.
+/// created it. Either way the directory ends up root's and 0700: the
+/// overlay in it is the container's root, where the image's setuid
+/// programs and device files work, so no other user may reach it.
 fn prepare_dir(dir: &Path) -> anyhow::Result<bool> {
-    match std::fs::read_dir(dir) {
+    let created = match std::fs::read_dir(dir) {
         Ok(mut entries) => {
             if entries.next().is_some() {
                 bail!(
@@ -117,14 +120,30 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<bool> {
                     dir.display()
                 );
             }
-            Ok(false)
+            let owner = std::fs::metadata(dir)
+                .with_context(|| format!("reading bundle directory {}", dir.display()))?
+                .uid();
+            if owner != 0 {
+                bail!(
+                    "bundle directory {} belongs to uid {owner}, who could open it to everyone: \
+                     the container's root in it runs the image's setuid programs, so it must be \
+                     root's; give a new path or a directory owned by root",
+                    dir.display()
+                );
+            }
+            false
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::create_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
-            Ok(true)
+            true
         }
-        Err(e) => Err(e).with_context(|| format!("reading bundle directory {}", dir.display())),
-    }
+        Err(e) => {
+            return Err(e).with_context(|| format!("reading bundle directory {}", dir.display()));
+        }
+    };
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making bundle directory {} private", dir.display()))?;
+    Ok(created)
 }
 
 /// What `create` has done so far, to undo on failure.

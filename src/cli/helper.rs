@@ -32,9 +32,8 @@ const IGNORED: &[&str] = &[
     "nofail",
     "exec",
     "noexec",
-    "suid",
+    // The defaults: `suid` and `dev` are lazypull's own options.
     "nosuid",
-    "dev",
     "nodev",
     "async",
     "atime",
@@ -101,14 +100,15 @@ pub fn translate(args: &[OsString]) -> anyhow::Result<Option<Vec<OsString>>> {
             ("cache-dir" | "platform" | "timeout" | "retries" | "memory-cache", Some(v)) => {
                 argv.push(format!("--{}={v}", key.replace('_', "-")).into());
             }
-            ("insecure" | "allow-other" | "no-prefetch", None) => {
+            ("insecure" | "allow-other" | "no-prefetch" | "suid" | "dev", None) => {
                 argv.push(format!("--{}", key.replace('_', "-")).into());
             }
             _ if IGNORED.contains(&key) || key.starts_with("x-") || key == "comment" => {}
             _ if sloppy => {}
             _ => bail!(
                 "unknown mount option `{option}` (lazypull takes cache-dir=DIR, platform=P, \
-                 timeout=S, retries=N, memory-cache=MIB, insecure, allow_other, no-prefetch)"
+                 timeout=S, retries=N, memory-cache=MIB, insecure, allow_other, no-prefetch, \
+                 suid, dev)"
             ),
         }
     }
@@ -155,6 +155,11 @@ mod tests {
         assert_eq!(
             translated("-nv app /mnt"),
             ["lazypull", "mount", "-v", "--", "app", "/mnt"]
+        );
+        // Setuid programs and device files only when asked for.
+        assert_eq!(
+            translated("app /mnt -o suid,dev"),
+            ["lazypull", "mount", "--suid", "--dev", "--", "app", "/mnt"]
         );
     }
 

@@ -2,6 +2,7 @@
 
 mod bundle;
 mod cache;
+mod daemon;
 mod helper;
 mod index;
 mod inspect;

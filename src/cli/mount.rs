@@ -2,7 +2,7 @@
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -11,11 +11,13 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use fuser::{Config, MountOption, SessionACL};
+use fuser::{Config, SessionACL};
 use serde::{Deserialize, Serialize};
 
 use super::RegistryArgs;
+use super::daemon::{Lifecycle, preflight, wait_for_answer};
 use super::layers::{CacheArgs, IndexedImage};
+use crate::fs::session::{FSTYPE, MountSpec};
 use crate::fs::{ContentReader, LazyFs, STATUS_XATTR, unmount};
 use crate::layer::seek::DEFAULT_SPAN;
 use crate::materialize::{LayerStatus, Layers, RECORD_WINDOW, Trace};
@@ -46,6 +48,18 @@ pub struct MountArgs {
     /// Let other users (and container runtimes) use the mount.
     #[arg(long)]
     allow_other: bool,
+
+    /// Honour the setuid and setgid bits of the image's files (root only).
+    /// Only for an image trusted like the host's own programs: any user who
+    /// reaches the mount (all of them with --allow-other) runs its setuid
+    /// programs as their owner, root included.
+    #[arg(long)]
+    suid: bool,
+
+    /// Honour the image's device files (root only): a device node in an
+    /// image can open the host's disks or memory to whoever reaches it.
+    #[arg(long)]
+    dev: bool,
 
     /// Do not fetch ahead the files a previous mount of the image read
     /// first (the list is kept in the cache beside the indexes).
@@ -112,18 +126,13 @@ impl ContentReader for MountContent {
 /// `argv` is the command line (without the program name) the daemon is
 /// started with.
 pub fn run(args: &MountArgs, argv: Vec<OsString>) -> anyhow::Result<()> {
-    if !args.mountpoint.is_dir() {
-        bail!(
-            "mount point {} is not an existing directory",
-            args.mountpoint.display()
-        );
-    }
+    preflight(&args.mountpoint, args.cache.cache_dir.as_deref())?;
     let ready = ready_pipe();
     if args.foreground || ready.is_some() {
         let result = serve(args, ready);
         return result;
     }
-    let (pid, log_path) = spawn_daemon(&args.cache, argv)?;
+    let (pid, log_path) = spawn_daemon(&args.cache, argv, &args.mountpoint)?;
     println!(
         "mounted {} at {} (daemon pid {pid}, log {})",
         args.reference,
@@ -151,12 +160,15 @@ pub(super) fn mount_in_background(
     argv.push("--".into());
     argv.push(reference.into());
     argv.push(mountpoint.into());
-    spawn_daemon(cache, argv).map(|_| ())
+    spawn_daemon(cache, argv, mountpoint).map(|_| ())
 }
 
 /// The write end of the readiness pipe, when we are the daemon.
 fn ready_pipe() -> Option<File> {
     let fd: i32 = std::env::var(READY_FD_ENV).ok()?.parse().ok()?;
+    // Programs the daemon starts (fusermount3) must not hold it open.
+    // SAFETY: fcntl on a descriptor number has no memory preconditions.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
     // SAFETY: the parent passed us this descriptor and nothing else owns it.
     Some(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
@@ -164,7 +176,11 @@ fn ready_pipe() -> Option<File> {
 /// Starts `lazypull ARGV` (a mount) detached, with its output in a log
 /// file, and waits until it says the mount is up or why it is not. Returns
 /// the daemon's pid and log file.
-fn spawn_daemon(cache: &CacheArgs, argv: Vec<OsString>) -> anyhow::Result<(u32, PathBuf)> {
+fn spawn_daemon(
+    cache: &CacheArgs,
+    argv: Vec<OsString>,
+    mountpoint: &Path,
+) -> anyhow::Result<(u32, PathBuf)> {
     let (log, log_path) = cache.open()?.new_log("mount")?;
     let mut fds = [0i32; 2];
     // SAFETY: `fds` has room for the two descriptors pipe writes.
@@ -172,7 +188,7 @@ fn spawn_daemon(cache: &CacheArgs, argv: Vec<OsString>) -> anyhow::Result<(u32, 
         return Err(std::io::Error::last_os_error()).context("creating a pipe");
     }
     // SAFETY: pipe2 just created these and nothing else owns them.
-    let (mut read_end, write_end) =
+    let (read_end, write_end) =
         unsafe { (File::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     let write_fd = fds[1];
     let mut cmd = Command::new(std::env::current_exe().context("finding the lazypull binary")?);
@@ -194,10 +210,7 @@ fn spawn_daemon(cache: &CacheArgs, argv: Vec<OsString>) -> anyhow::Result<(u32, 
     }
     let mut child = cmd.spawn().context("starting the mount daemon")?;
     drop(write_end);
-    let mut answer = String::new();
-    read_end
-        .read_to_string(&mut answer)
-        .context("waiting for the mount daemon")?;
+    let answer = wait_for_answer(&mut child, read_end, mountpoint)?;
     match answer.strip_prefix("ok") {
         Some(_) => Ok((child.id(), log_path)),
         None => {
@@ -219,8 +232,9 @@ fn spawn_daemon(cache: &CacheArgs, argv: Vec<OsString>) -> anyhow::Result<(u32, 
 
 /// Mounts and serves until unmounted or signalled.
 fn serve(args: &MountArgs, mut ready: Option<File>) -> anyhow::Result<()> {
-    let result = start(args);
-    let (session, save_trace) = match result {
+    let lifecycle = Lifecycle::watch_signals()?;
+    let result = start(args, &lifecycle);
+    let session = match result {
         Ok(s) => s,
         Err(e) => {
             if let Some(pipe) = ready.as_mut() {
@@ -229,20 +243,6 @@ fn serve(args: &MountArgs, mut ready: Option<File>) -> anyhow::Result<()> {
             return Err(e);
         }
     };
-    let mountpoint = args.mountpoint.clone();
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])
-    .context("installing signal handlers")?;
-    std::thread::spawn(move || {
-        if let Some(signal) = signals.forever().next() {
-            tracing::info!(signal, "unmounting on signal");
-            if let Err(e) = unmount(&mountpoint) {
-                tracing::error!(error = %e, "cannot unmount on signal");
-            }
-        }
-    });
     if let Some(mut pipe) = ready.take() {
         let _ = pipe.write_all(b"ok");
     } else {
@@ -252,17 +252,18 @@ fn serve(args: &MountArgs, mut ready: Option<File>) -> anyhow::Result<()> {
             args.mountpoint.display()
         );
     }
+    // The session ends when the kernel ends it (the mount is gone from
+    // every mount namespace); nothing is unmounted by path after that.
     let served = session.run().context("serving the mount");
-    save_trace();
+    lifecycle.finish();
     served?;
     tracing::info!("unmounted");
     Ok(())
 }
 
-/// The mounted session, and what stores the prefetch list it recorded.
-type Started = (fuser::Session<LazyFs>, Arc<dyn Fn() + Send + Sync>);
-
-fn start(args: &MountArgs) -> anyhow::Result<Started> {
+/// Mounts and returns the session; the lifecycle then knows the mount and
+/// what stores the prefetch list it records.
+fn start(args: &MountArgs, lifecycle: &Arc<Lifecycle>) -> anyhow::Result<fuser::Session<LazyFs>> {
     limit_heap_growth();
     let image = IndexedImage::load(&args.registry, &args.cache, &args.reference, DEFAULT_SPAN)?;
     let tree = Arc::new(image.tree()?);
@@ -284,22 +285,32 @@ fn start(args: &MountArgs) -> anyhow::Result<Started> {
         digest: image.image.digest.to_string(),
     };
     let fs = LazyFs::new(Arc::clone(&tree), Arc::new(content), READ_WORKERS);
+    let store_trace = {
+        let (cache, digest, layers) = (
+            image.cache.reopen()?,
+            image.image.digest.clone(),
+            Arc::clone(&layers),
+        );
+        Arc::new(move || layers.store_trace(&cache, &digest))
+    };
     let mut config = Config::default();
-    config.mount_options = vec![
-        MountOption::FSName(image.image.reference.clone()),
-        MountOption::Subtype("lazypull".into()),
-        MountOption::RO,
-        MountOption::DefaultPermissions,
-        MountOption::Dev,
-        MountOption::Suid,
-    ];
-    if args.allow_other {
-        config.acl = SessionACL::All;
-    }
+    let acl = if args.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.acl = acl;
     config.n_threads = Some(FUSE_THREADS);
     config.clone_fd = true;
-    let session = fuser::Session::new(fs, &args.mountpoint, &config)
-        .with_context(|| format!("mounting on {}", args.mountpoint.display()))?;
+    let spec = MountSpec {
+        source: &image.image.reference,
+        allow_other: args.allow_other,
+        suid: args.suid,
+        dev: args.dev,
+    };
+    let (fd, mounted) = lifecycle.mount(&args.mountpoint, &spec)?;
+    let session = fuser::Session::from_fd(fs, fd, acl, config)
+        .with_context(|| format!("starting the FUSE session on {}", args.mountpoint.display()))?;
     // Pages the kernel cached from a layer that then fails its check must
     // not be served any more.
     let notifier = session.notifier();
@@ -310,17 +321,10 @@ fn start(args: &MountArgs) -> anyhow::Result<Started> {
             }
         }
     }));
-    let store_trace: Arc<dyn Fn() + Send + Sync> = {
-        let (cache, digest, layers) = (
-            image.cache.reopen()?,
-            image.image.digest.clone(),
-            Arc::clone(&layers),
-        );
-        Arc::new(move || layers.store_trace(&cache, &digest))
-    };
     layers
         .materialize(image.cache, trace)
         .context("starting the background download")?;
+    mounted.keep();
     // A long-lived mount stores its list once startup is over; a short one
     // when it is unmounted.
     let early = Arc::clone(&store_trace);
@@ -328,7 +332,8 @@ fn start(args: &MountArgs) -> anyhow::Result<Started> {
         std::thread::sleep(RECORD_WINDOW);
         early();
     });
-    Ok((session, store_trace))
+    lifecycle.on_finish(Box::new(move || store_trace()));
+    Ok(session)
 }
 
 /// How often freed heap memory is given back to the system.
@@ -377,6 +382,21 @@ pub fn umount(args: &UmountArgs) -> anyhow::Result<()> {
 
 /// Unmounts a lazypull mount and waits for its daemon to exit.
 pub(super) fn unmount_and_wait(mountpoint: &Path) -> anyhow::Result<()> {
+    let shown = crate::fs::mountinfo::canonical(mountpoint)
+        .and_then(|path| crate::fs::mountinfo::top_mount(&path))
+        .with_context(|| format!("unmounting {}", mountpoint.display()))?;
+    match shown {
+        Some(m) if m.fstype == FSTYPE => {}
+        Some(m) => bail!(
+            "{} is a {} mount, not a lazypull mount: unmount it with umount(8)",
+            mountpoint.display(),
+            m.fstype
+        ),
+        None => bail!(
+            "{} is not mounted: nothing to unmount",
+            mountpoint.display()
+        ),
+    }
     let pid = read_status(mountpoint).ok().map(|s| s.pid);
     unmount(mountpoint).with_context(|| format!("unmounting {}", mountpoint.display()))?;
     if let Some(pid) = pid {
@@ -406,7 +426,12 @@ fn wait_for_exit(pid: u32) {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    tracing::warn!(pid, "the mount daemon is still running after unmount");
+    // It never unmounts anything by path: a new mount here is safe from it.
+    tracing::warn!(
+        pid,
+        "the mount daemon still runs after the unmount (another mount namespace may still hold \
+         the mount, or it is finishing a request); it exits by itself when that ends"
+    );
 }
 
 #[derive(Args)]

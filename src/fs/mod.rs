@@ -3,8 +3,10 @@
 //! network never holds up `lookup`, `stat` or `readdir`.
 
 mod attr;
+pub mod mountinfo;
 mod passthrough;
 mod pool;
+pub mod session;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;

@@ -13,7 +13,8 @@ use super::transport::{Transport, with_root_cause};
 use crate::blob::{BlobReader, RangeSource, clamp_len};
 use crate::digest::Digest;
 
-/// Reads a whole (small) body, refusing more than `max` bytes.
+/// Reads a whole (small) body of metadata, refusing more than `max` bytes;
+/// its request was made with [`Transport::get_metadata`].
 pub(super) fn read_body(
     resp: Response,
     max: u64,
@@ -31,7 +32,7 @@ pub(super) fn read_body(
     let mut body = Vec::new();
     resp.take(max + 1)
         .read_to_end(&mut body)
-        .map_err(|e| body_error(e, what, url, transport))?;
+        .map_err(|e| transport.too_slow(body_error(e, what, url, transport)))?;
     if body.len() as u64 > max {
         return Err(RegistryError::Invalid {
             reference: url.to_string(),
@@ -59,22 +60,6 @@ fn body_error(e: io::Error, what: &str, url: &Url, transport: &Transport) -> Reg
         what: what.to_string(),
         url: url.to_string(),
         detail: with_root_cause(&e),
-    }
-}
-
-/// Recovers the registry error carried by an `io::Error` from our readers.
-pub fn into_registry_error(e: io::Error, what: &str) -> RegistryError {
-    let detail = e.to_string();
-    match e
-        .into_inner()
-        .map(|inner| inner.downcast::<RegistryError>())
-    {
-        Some(Ok(err)) => *err,
-        _ => RegistryError::Transfer {
-            what: what.to_string(),
-            url: String::new(),
-            detail,
-        },
     }
 }
 
@@ -140,11 +125,15 @@ fn get_from(
     }
 }
 
-fn blob_url(transport: &Transport, digest: &Digest) -> Result<Url, RegistryError> {
+pub(super) fn blob_url(transport: &Transport, digest: &Digest) -> Result<Url, RegistryError> {
     transport.url(&format!("v2/{}/blobs/{digest}", transport.repository()))
 }
 
-fn map_blob_404(transport: &Transport, digest: &Digest, e: RegistryError) -> RegistryError {
+pub(super) fn map_blob_404(
+    transport: &Transport,
+    digest: &Digest,
+    e: RegistryError,
+) -> RegistryError {
     match e {
         RegistryError::Http { status: 404, .. } => RegistryError::BlobNotFound {
             host: transport.host().to_string(),

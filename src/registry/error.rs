@@ -35,6 +35,16 @@ pub enum RegistryError {
     },
 
     #[error(
+        "registry {host} did not send the whole {what} within {limit:?} (it stalled or came too \
+         slowly): a manifest, config or token must arrive whole within --timeout"
+    )]
+    TooSlow {
+        host: String,
+        what: String,
+        limit: Duration,
+    },
+
+    #[error(
         "authentication required by {host} for {repository}: run `docker login {host}` or set \
          REGISTRY_AUTH_FILE to a containers auth.json with credentials for it"
     )]
@@ -185,7 +195,10 @@ impl RegistryError {
     /// overload), as opposed to an answer that will not change.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Connect { .. } | Self::Timeout { .. } | Self::Transfer { .. } => true,
+            Self::Connect { .. }
+            | Self::Timeout { .. }
+            | Self::TooSlow { .. }
+            | Self::Transfer { .. } => true,
             Self::Http { status, .. } => *status == 429 || *status >= 500,
             _ => false,
         }

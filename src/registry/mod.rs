@@ -7,7 +7,6 @@ mod error;
 pub mod manifest;
 mod transport;
 
-use std::io::Read;
 use std::sync::Arc;
 
 use oci_spec::image::{Descriptor, ImageConfiguration};
@@ -193,7 +192,7 @@ impl RegistryClient {
         let by_digest = key.parse::<Digest>().ok();
         let (body, content_type, header_digest) = t
             .with_retries("manifest", || {
-                let resp = t.get(&url, headers.clone(), "manifest")?;
+                let resp = t.get_metadata(&url, headers.clone(), "manifest")?;
                 let content_type =
                     header(resp.headers(), CONTENT_TYPE.as_str()).unwrap_or_default();
                 let header_digest = header(resp.headers(), "docker-content-digest");
@@ -225,18 +224,22 @@ impl RegistryClient {
         Ok((manifest, media_type, actual))
     }
 
-    /// Reads a small blob whole and checks its size and digest.
+    /// Reads a small blob (a config) whole, as metadata (within
+    /// `--timeout`), and checks its size and digest.
     pub fn fetch_blob(
         &self,
         digest: &Digest,
         size: u64,
         what: &str,
     ) -> Result<Vec<u8>, RegistryError> {
-        let mut body = Vec::new();
-        let mut stream = self.open_blob(digest, size)?;
-        stream
-            .read_to_end(&mut body)
-            .map_err(|e| blob::into_registry_error(e, what))?;
+        let t = &self.transport;
+        let url = blob::blob_url(t, digest)?;
+        let body = t
+            .with_retries(what, || {
+                let resp = t.get_metadata(&url, HeaderMap::new(), what)?;
+                blob::read_body(resp, size, what, &url, t)
+            })
+            .map_err(|e| blob::map_blob_404(t, digest, e))?;
         let actual = Digest::of(&body);
         if actual != *digest {
             return Err(RegistryError::DigestMismatch {
@@ -297,7 +300,7 @@ impl RegistryClient {
             return false;
         };
         matches!(
-            t.get(&url, HeaderMap::new(), "tag list"),
+            t.get_metadata(&url, HeaderMap::new(), "tag list"),
             Err(RegistryError::Http { status: 404, detail, .. }) if detail.contains("NAME_UNKNOWN")
         )
     }

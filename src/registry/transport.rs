@@ -115,8 +115,9 @@ impl Transport {
             let resp = self
                 .client
                 .get(url.clone())
+                .timeout(self.opts.timeout)
                 .send()
-                .map_err(|e| self.classify(e, "GET", &url))?;
+                .map_err(|e| self.too_slow(self.classify(e, "GET", &url)))?;
             match resp.status() {
                 StatusCode::OK => Ok(None),
                 StatusCode::UNAUTHORIZED => Ok(resp
@@ -186,16 +187,58 @@ impl Transport {
     }
 
     /// One GET with auth and redirects; a non-2xx answer becomes an error.
+    /// Its body may take as long as it likes while bytes keep coming (a
+    /// layer over a slow link).
     pub fn get(
         &self,
         url: &Url,
         headers: HeaderMap,
         what: &str,
     ) -> Result<Response, RegistryError> {
+        self.get_within(url, headers, what, None)
+    }
+
+    /// A GET of metadata (a manifest, an index, a config, a tag list): the
+    /// whole answer, body included, must arrive within `--timeout`, so a
+    /// registry that trickles it in cannot hold a command for hours.
+    /// [`Transport::too_slow`] names a body read that broke the bound.
+    pub fn get_metadata(
+        &self,
+        url: &Url,
+        headers: HeaderMap,
+        what: &str,
+    ) -> Result<Response, RegistryError> {
+        self.get_within(url, headers, what, Some(self.opts.timeout))
+            .map_err(|e| self.too_slow(e))
+    }
+
+    /// A timeout of a metadata request: it broke the bound on the whole answer.
+    pub fn too_slow(&self, e: RegistryError) -> RegistryError {
+        match e {
+            RegistryError::Timeout {
+                host,
+                what,
+                timeout,
+            } => RegistryError::TooSlow {
+                host,
+                what,
+                limit: timeout,
+            },
+            e => e,
+        }
+    }
+
+    fn get_within(
+        &self,
+        url: &Url,
+        headers: HeaderMap,
+        what: &str,
+        total: Option<Duration>,
+    ) -> Result<Response, RegistryError> {
         let mut refreshed = false;
         loop {
             let token = self.authorization(false)?;
-            let resp = self.follow(url, &headers, token.as_ref(), what)?;
+            let resp = self.follow(url, &headers, token.as_ref(), what, total)?;
             let status = resp.status();
             if status.is_success() {
                 return Ok(resp);
@@ -221,10 +264,14 @@ impl Transport {
         headers: &HeaderMap,
         auth: Option<&HeaderValue>,
         what: &str,
+        total: Option<Duration>,
     ) -> Result<Response, RegistryError> {
         let mut current = url.clone();
         for _ in 0..MAX_REDIRECTS {
             let mut req = self.client.get(current.clone()).headers(headers.clone());
+            if let Some(total) = total {
+                req = req.timeout(total);
+            }
             // The registry's credentials go to the registry only, never to
             // the storage host it redirects to.
             if let Some(auth) = auth.filter(|_| same_origin(&current, &self.base)) {
@@ -314,6 +361,7 @@ impl Transport {
                     }
                     self.client
                         .post(url.clone())
+                        .timeout(self.opts.timeout)
                         .header("Content-Type", "application/x-www-form-urlencoded")
                         .body(form.finish())
                         .send()
@@ -327,14 +375,14 @@ impl Transport {
                         }
                         q.append_pair("scope", scope);
                     }
-                    let mut req = self.client.get(url.clone());
+                    let mut req = self.client.get(url.clone()).timeout(self.opts.timeout);
                     if let Some(basic) = creds.as_ref().and_then(Credentials::basic_header) {
                         req = req.header(AUTHORIZATION, basic);
                     }
                     req.send()
                 }
             }
-            .map_err(|e| self.classify(e, what, &url))?;
+            .map_err(|e| self.too_slow(self.classify(e, what, &url)))?;
             let status = resp.status();
             if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
                 return Err(self.unauthorized());
@@ -342,10 +390,20 @@ impl Transport {
             if !status.is_success() {
                 return Err(self.status_error(what, &url, resp, status));
             }
-            let answer: TokenAnswer = resp.json().map_err(|e| RegistryError::Invalid {
-                reference: self.host.clone(),
-                what: "token answer".into(),
-                detail: e.to_string(),
+            let answer: TokenAnswer = resp.json().map_err(|e| {
+                if e.is_timeout() {
+                    RegistryError::TooSlow {
+                        host: self.host.clone(),
+                        what: "token answer".into(),
+                        limit: self.opts.timeout,
+                    }
+                } else {
+                    RegistryError::Invalid {
+                        reference: self.host.clone(),
+                        what: "token answer".into(),
+                        detail: e.to_string(),
+                    }
+                }
             })?;
             tracing::debug!(scope, "got a registry token");
             answer.into_token().ok_or_else(|| RegistryError::Invalid {

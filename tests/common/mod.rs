@@ -14,6 +14,7 @@ pub mod mount;
 pub mod pki;
 pub mod proxy;
 pub mod registry;
+pub mod setuid;
 pub mod tarball;
 pub mod tmpfs;
 pub mod token;

@@ -352,6 +352,13 @@ impl Mount<'_> {
         );
     }
 
+    /// Ends the guard without touching the mount or its daemon, whose pid it returns: the
+    /// test takes both over.
+    pub fn release(mut self) -> u32 {
+        self.down = true;
+        self.pid()
+    }
+
     /// Ends the guard of a mount the test took down some other way (making sure it is).
     pub fn forget(mut self) {
         teardown(self.sandbox, &self.path, self.pid);
@@ -404,10 +411,20 @@ pub fn states(status: &Value) -> Vec<String> {
 
 /// Whether `path` is a mount point in this process's mount namespace.
 pub fn is_mounted(path: &Path) -> bool {
+    !mounts_at(path).is_empty()
+}
+
+/// The per-mount options (`ro,nosuid,nodev,relatime`) of each mount on `path`, in the
+/// order of /proc/self/mountinfo (several when mounts are stacked).
+pub fn mounts_at(path: &Path) -> Vec<String> {
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let path = path.to_str().unwrap_or_default();
     info.lines()
-        .any(|line| line.split(' ').nth(4) == Some(path))
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            (fields.get(4) == Some(&path)).then(|| fields.get(5).unwrap_or(&"").to_string())
+        })
+        .collect()
 }
 
 /// Whether `pid` runs (a zombie does not count).
